@@ -1,0 +1,1482 @@
+//! One run: lock, recover, probe, scan, reconcile, guard, journal, apply, record.
+//!
+//! This is the only module that sequences the pipeline; each stage lives in its own
+//! module and can be tested alone.
+
+use crate::audit::{AuditLog, Record};
+use crate::config::{ConfigError, DeleteLimit, Policy, Profile, ReplicaAddr, ReplicaSpec};
+use crate::entry::{Entry, Kind};
+use crate::path::RelPath;
+use crate::reconcile::{self, Action, Input, Item, PairCtx, Side};
+use crate::replica::local::LocalReplica;
+use crate::replica::{Probe, Replica, ReplicaError, ScanOptions, Staged};
+use crate::rules::Rules;
+use crate::store::{Cached, Store, StoreError};
+use crate::Home;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Errors that stop a command before or outside the per-pair work.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("profile {profile}: another fedsync run holds the lock ({lock}); wait for it to finish, or run with --wait")]
+    Locked { profile: String, lock: String },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl EngineError {
+    /// SPEC exit codes: 2 usage/configuration, 3 failed or refused.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EngineError::Config(_) | EngineError::Usage(_) => 2,
+            _ => 3,
+        }
+    }
+}
+
+/// Options of `sync` and `plan`.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub dry_run: bool,
+    pub force: bool,
+    pub checksum: bool,
+    pub conflict: Option<Policy>,
+    pub paths: Vec<RelPath>,
+    /// Wait for the lock instead of failing.
+    pub wait: bool,
+    /// Create missing roots that were never synced (the ad-hoc form).
+    pub create_missing: bool,
+}
+
+/// Progress callbacks; the binary draws bars, tests pass `NoProgress`.
+pub trait Progress: Sync {
+    fn scanning(&self, _replica: &str) {}
+    fn scanned(&self, _replica: &str, _entries: usize) {}
+    fn applying(&self, _items: u64, _bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+    fn finished(&self) {}
+}
+
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum Outcome {
+    Planned,
+    Done,
+    Skipped(String),
+    Failed(String),
+    Conflict(String),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ItemReport {
+    pub path: String,
+    pub action: String,
+    /// Replica the action changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub why: String,
+    pub rule: String,
+    pub conflict: bool,
+    pub outcome: Outcome,
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PairStatus {
+    /// Both replicas agree.
+    Ok,
+    /// Finished, but conflicts or skipped items remain.
+    Incomplete,
+    /// An optional replica is absent: skipped with a warning.
+    Skipped,
+    /// A replica is unavailable, or the delete guard refused the run: nothing done.
+    Refused,
+    /// Scanning or applying failed.
+    Failed,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counts {
+    pub to_a: u64,
+    pub to_b: u64,
+    pub bytes_to_a: u64,
+    pub bytes_to_b: u64,
+    pub deleted_a: u64,
+    pub deleted_b: u64,
+    pub moved: u64,
+    pub conflicts: u64,
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PairReport {
+    pub a: String,
+    pub b: String,
+    pub status: PairStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub counts: Counts,
+    pub scanned: [usize; 2],
+    pub hashed_files: u64,
+    pub items: Vec<ItemReport>,
+}
+
+impl PairReport {
+    fn empty(a: &str, b: &str, status: PairStatus, message: Option<String>) -> PairReport {
+        PairReport {
+            a: a.into(),
+            b: b.into(),
+            status,
+            message,
+            counts: Counts::default(),
+            scanned: [0, 0],
+            hashed_files: 0,
+            items: vec![],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub run: String,
+    pub profile: String,
+    pub dry_run: bool,
+    pub pairs: Vec<PairReport>,
+    pub warnings: Vec<String>,
+    pub elapsed_ms: u64,
+}
+
+impl RunReport {
+    /// 0 all agree, 1 conflicts or skipped items remain, 3 refused or failed.
+    pub fn exit_code(&self) -> i32 {
+        let mut code = 0;
+        for p in &self.pairs {
+            match p.status {
+                PairStatus::Refused | PairStatus::Failed => return 3,
+                PairStatus::Incomplete => code = 1,
+                PairStatus::Ok | PairStatus::Skipped => {}
+            }
+        }
+        code
+    }
+}
+
+/// A sortable run id: `YYYYMMDD-HHMMSS-xxxx` (UTC).
+pub fn new_run_id() -> (String, String) {
+    let now = chrono::Utc::now();
+    let stamp = now.format("%Y%m%d-%H%M%S").to_string();
+    (format!("{stamp}-{:04x}", rand::random::<u16>()), stamp)
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+/// A held profile lock; released on drop.
+pub struct Lock {
+    _file: File,
+}
+
+pub fn lock(home: &Home, profile: &str, wait: bool) -> Result<Lock, EngineError> {
+    let dir = home.state_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| EngineError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let path = home.lock_path(profile);
+    let file = File::create(&path)
+        .map_err(|e| EngineError::Io(format!("cannot open lock {}: {e}", path.display())))?;
+    if wait {
+        file.lock()
+            .map_err(|e| EngineError::Io(format!("cannot lock {}: {e}", path.display())))?;
+    } else if let Err(e) = file.try_lock() {
+        return match e {
+            std::fs::TryLockError::WouldBlock => Err(EngineError::Locked {
+                profile: profile.into(),
+                lock: path.display().to_string(),
+            }),
+            std::fs::TryLockError::Error(e) => Err(EngineError::Io(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
+        };
+    }
+    Ok(Lock { _file: file })
+}
+
+pub fn open_store(home: &Home, profile: &str) -> Result<Store, EngineError> {
+    let dir = home.state_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| EngineError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(Store::open(&home.db_path(profile))?)
+}
+
+/// Open the replica object for a profile entry.
+pub fn open_replica(spec: &ReplicaSpec) -> Result<Arc<dyn Replica>, String> {
+    match &spec.addr {
+        ReplicaAddr::Local(p) => Ok(Arc::new(LocalReplica::new(p.clone(), spec.raw.clone()))),
+        ReplicaAddr::Ssh { .. } => Err(format!(
+            "replica {} ({}): ssh:// replicas are not supported by this build yet",
+            spec.name, spec.raw
+        )),
+    }
+}
+
+/// Whether a replica may be read and written this run.
+#[derive(Clone, Debug)]
+pub enum Avail {
+    Ready(String),
+    Skip(String),
+    Unavailable(String),
+}
+
+pub fn new_replica_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Check root and marker against what the state remembers (SPEC invariant 5).
+pub fn check_replica(
+    store: &Store,
+    spec: &ReplicaSpec,
+    rep: &dyn Replica,
+    create_missing: bool,
+    dry_run: bool,
+) -> Result<Avail, EngineError> {
+    let known = store.replica_id(&spec.name)?.map(|(id, _)| id);
+    let who = format!("replica {} ({})", spec.name, spec.raw);
+    let probe = match rep.probe() {
+        Ok(p) => p,
+        Err(e) => return Ok(Avail::Unavailable(format!("{who}: {e}"))),
+    };
+    let adopt = |id: String| -> Result<Avail, EngineError> {
+        if !dry_run {
+            rep.write_marker(&id)
+                .map_err(|e| EngineError::Io(format!("{who}: cannot write marker: {e}")))?;
+            store.set_replica_id(&spec.name, &id, &spec.raw)?;
+        }
+        Ok(Avail::Ready(id))
+    };
+    match probe {
+        Probe::Missing => {
+            if spec.optional {
+                Ok(Avail::Skip(format!("{who} is not present (optional): skipped")))
+            } else if known.is_some() {
+                Ok(Avail::Unavailable(format!(
+                    "{who}: root does not exist (drive not mounted? folder moved?). Nothing was done; \
+                     mount it or fix the profile, then run again."
+                )))
+            } else if create_missing {
+                adopt(new_replica_id())
+            } else {
+                Ok(Avail::Unavailable(format!(
+                    "{who}: root does not exist. Create the folder (or run `fedsync init`) and run again."
+                )))
+            }
+        }
+        Probe::Unmarked { .. } => match known {
+            Some(id) => {
+                let msg = format!(
+                    "{who}: the marker .fedsync/id is missing, but this profile synced this replica before \
+                     (id {}). It is not the same folder (unmounted drive? folder replaced?), so nothing was \
+                     done and nothing is deleted. If the folder really is the replica, restore its marker.",
+                    &id[..8.min(id.len())]
+                );
+                if spec.optional {
+                    Ok(Avail::Skip(msg))
+                } else {
+                    Ok(Avail::Unavailable(msg))
+                }
+            }
+            None => adopt(new_replica_id()),
+        },
+        Probe::Marked(id) => match known {
+            Some(k) if k != id => Ok(Avail::Unavailable(format!(
+                "{who}: the marker says replica {} but this profile synced {} here before: a different \
+                 folder is mounted at this path. Nothing was done.",
+                &id[..8.min(id.len())],
+                &k[..8.min(k.len())]
+            ))),
+            Some(_) => Ok(Avail::Ready(id)),
+            None => {
+                if !dry_run {
+                    store.set_replica_id(&spec.name, &id, &spec.raw)?;
+                }
+                Ok(Avail::Ready(id))
+            }
+        },
+    }
+}
+
+pub fn pair_key(ida: &str, idb: &str) -> String {
+    format!("{ida}|{idb}")
+}
+
+/// Run a sync (or, with `dry_run`, a plan) of a whole profile.
+pub fn sync(
+    home: &Home,
+    profile: &Profile,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<RunReport, EngineError> {
+    let started = Instant::now();
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock(home, &profile.name, opts.wait)?)
+    };
+    let rules = Rules::compile(profile)?.with_conflict_override(opts.conflict.clone());
+    let mut store = open_store(home, &profile.name)?;
+    let (run, stamp) = new_run_id();
+    let mut warnings = Vec::new();
+
+    let reps: Vec<Result<Arc<dyn Replica>, String>> =
+        profile.replicas.iter().map(open_replica).collect();
+
+    let mut audit = if opts.dry_run {
+        None
+    } else {
+        let path = home.audit_path(&profile.name);
+        Some(
+            AuditLog::open(&path)
+                .map_err(|e| EngineError::Io(format!("audit trail {}: {e}", path.display())))?,
+        )
+    };
+
+    if !opts.dry_run {
+        warnings.extend(recover(&mut store, profile, &reps, audit.as_mut())?);
+    }
+
+    // Availability, once per replica.
+    let mut avail = Vec::new();
+    for (spec, rep) in profile.replicas.iter().zip(&reps) {
+        avail.push(match rep {
+            Ok(r) => check_replica(&store, spec, r.as_ref(), opts.create_missing, opts.dry_run)?,
+            Err(msg) => Avail::Unavailable(msg.clone()),
+        });
+    }
+    for a in &avail {
+        if let Avail::Skip(msg) = a {
+            warnings.push(msg.clone());
+        }
+    }
+
+    if !opts.dry_run {
+        let b = store.batch()?;
+        b.start_run(&run, "sync", &now_rfc3339())?;
+        b.commit()?;
+        if let Some(a) = audit.as_mut() {
+            let _ = a.append(Record {
+                time: now_rfc3339(),
+                run: run.clone(),
+                action: "run-start".into(),
+                detail: format!(
+                    "profile {}: {}",
+                    profile.name,
+                    profile
+                        .replicas
+                        .iter()
+                        .map(|r| format!("{}={}", r.name, r.raw))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                ..Default::default()
+            });
+        }
+    }
+
+    let mut eng = Engine {
+        store: &mut store,
+        audit: audit.as_mut(),
+        rules: &rules,
+        profile,
+        opts,
+        run: &run,
+        stamp: &stamp,
+        progress,
+    };
+
+    let n = profile.replicas.len();
+    let mut pairs: Vec<PairReport> = Vec::new();
+    let mut last_hub_change = 0;
+    for k in 1..n {
+        let rep = eng.pair(0, k, &reps, &avail)?;
+        if rep.counts.to_a > 0 || rep.counts.deleted_a > 0 {
+            last_hub_change = k;
+        }
+        pairs.push(rep);
+    }
+    // Star topology: a change a later spoke brought to the hub reaches earlier spokes now.
+    if !opts.dry_run {
+        for k in 1..last_hub_change {
+            let rep = eng.pair(0, k, &reps, &avail)?;
+            let prev = &mut pairs[k - 1];
+            let mut items = std::mem::take(&mut prev.items);
+            items.extend(rep.items);
+            let mut counts = rep.counts.clone();
+            counts.to_a += prev.counts.to_a;
+            counts.to_b += prev.counts.to_b;
+            counts.bytes_to_a += prev.counts.bytes_to_a;
+            counts.bytes_to_b += prev.counts.bytes_to_b;
+            counts.deleted_a += prev.counts.deleted_a;
+            counts.deleted_b += prev.counts.deleted_b;
+            counts.moved += prev.counts.moved;
+            *prev = PairReport {
+                items,
+                counts,
+                ..rep
+            };
+        }
+    }
+
+    let report = RunReport {
+        run: run.clone(),
+        profile: profile.name.clone(),
+        dry_run: opts.dry_run,
+        pairs,
+        warnings,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+
+    if !opts.dry_run {
+        let status = match report.exit_code() {
+            0 => "ok",
+            1 => "incomplete",
+            _ => "failed",
+        };
+        let summary = serde_json::json!({
+            "pairs": report.pairs.iter().map(|p| serde_json::json!({
+                "a": p.a, "b": p.b, "status": p.status, "message": p.message, "counts": p.counts,
+            })).collect::<Vec<_>>(),
+            "warnings": report.warnings,
+            "elapsed_ms": report.elapsed_ms,
+        });
+        if let Some(a) = audit.as_mut() {
+            let _ = a.append(Record {
+                time: now_rfc3339(),
+                run: run.clone(),
+                action: "run-end".into(),
+                detail: format!("status {status}"),
+                ..Default::default()
+            });
+            a.sync()
+                .map_err(|e| EngineError::Io(format!("audit trail: {e}")))?;
+            store.set_meta("audit_head", a.head())?;
+        }
+        let b = store.batch()?;
+        b.finish_run(&run, &now_rfc3339(), status, &summary)?;
+        b.commit()?;
+    }
+    progress.finished();
+    Ok(report)
+}
+
+/// Finish what a killed run left behind (SPEC invariant 9). Three-way detection makes most
+/// of it a lookup: applied items look "changed identically", unapplied ones are still
+/// pending. What needs care is an overwrite on a filesystem without hard links, where the
+/// old file was moved to the versions folder before the new one took its name.
+fn recover(
+    store: &mut Store,
+    profile: &Profile,
+    reps: &[Result<Arc<dyn Replica>, String>],
+    mut audit: Option<&mut AuditLog>,
+) -> Result<Vec<String>, EngineError> {
+    let mut warnings = Vec::new();
+    let runs = store.unfinished_runs()?;
+    if runs.is_empty() {
+        return Ok(warnings);
+    }
+    let by_name: HashMap<&str, &Arc<dyn Replica>> = profile
+        .replicas
+        .iter()
+        .zip(reps)
+        .filter_map(|(s, r)| r.as_ref().ok().map(|r| (s.name.as_str(), r)))
+        .collect();
+    let mut cleaned = 0;
+    for r in by_name.values() {
+        if matches!(r.probe(), Ok(Probe::Marked(_))) {
+            cleaned += r.clean_temp().unwrap_or(0);
+        }
+    }
+    for run in &runs {
+        let pending = store.pending_journal(run)?;
+        let mut restored = 0;
+        for (_pair, path, action, detail) in &pending {
+            if action != "copy" && action != "keep-both" {
+                continue;
+            }
+            let target = serde_json::from_str::<serde_json::Value>(detail)
+                .ok()
+                .and_then(|v| v["target"].as_str().map(str::to_string));
+            let (Some(target), Ok(path)) = (target, RelPath::new(path)) else {
+                continue;
+            };
+            let Some(rep) = by_name.get(target.as_str()) else {
+                continue;
+            };
+            if let Some(root) = rep.local_root() {
+                let dst = path.to_fs(root);
+                let ver = root
+                    .join(crate::replica::local::META_DIR)
+                    .join("versions")
+                    .join(run)
+                    .join(path.as_str());
+                if std::fs::symlink_metadata(&dst).is_err()
+                    && std::fs::symlink_metadata(&ver).is_ok()
+                    && std::fs::rename(&ver, &dst).is_ok()
+                {
+                    restored += 1;
+                }
+            }
+        }
+        let b = store.batch()?;
+        b.finish_run(
+            run,
+            &now_rfc3339(),
+            "interrupted",
+            &serde_json::json!({"unconfirmed": pending.len(), "restored": restored}),
+        )?;
+        b.commit()?;
+        let msg = format!(
+            "run {run} was interrupted ({} actions unconfirmed{}); {cleaned} temporary files removed; \
+             this run re-checks every path, so what it finished is kept and the rest is done now",
+            pending.len(),
+            if restored > 0 {
+                format!(", {restored} half-replaced files put back")
+            } else {
+                String::new()
+            }
+        );
+        if let Some(a) = audit.as_deref_mut() {
+            let _ = a.append(Record {
+                time: now_rfc3339(),
+                run: run.clone(),
+                action: "recovered".into(),
+                detail: msg.clone(),
+                ..Default::default()
+            });
+        }
+        warnings.push(msg);
+    }
+    Ok(warnings)
+}
+
+struct Engine<'a> {
+    store: &'a mut Store,
+    audit: Option<&'a mut AuditLog>,
+    rules: &'a Rules,
+    profile: &'a Profile,
+    opts: &'a Options,
+    run: &'a str,
+    stamp: &'a str,
+    progress: &'a dyn Progress,
+}
+
+/// A state change to write in the next store batch.
+enum StateOp {
+    SetBase(RelPath, Entry),
+    RemoveBase(RelPath),
+    SetCache(usize, RelPath, Cached),
+    RemoveCache(usize, RelPath),
+    Journal(usize, &'static str),
+    Conflict(RelPath, String, Option<Entry>, Option<Entry>),
+}
+
+fn base_of(e: &Entry) -> Entry {
+    Entry {
+        stat: None,
+        ..e.clone()
+    }
+}
+
+/// Build the per-path inputs: base ∪ A ∪ B, with unreadable subtrees marked.
+pub fn build_inputs(
+    base: Vec<(RelPath, Entry)>,
+    a: HashMap<RelPath, Entry>,
+    b: HashMap<RelPath, Entry>,
+    errors: [&[(RelPath, String)]; 2],
+    names: [&str; 2],
+    only: &[RelPath],
+) -> BTreeMap<RelPath, Input> {
+    let mut inputs: BTreeMap<RelPath, Input> = BTreeMap::new();
+    let blank = || Input {
+        base: None,
+        a: None,
+        b: None,
+        unreadable: None,
+    };
+    for (p, e) in base {
+        inputs.entry(p).or_insert_with(blank).base = Some(e);
+    }
+    for (p, e) in a {
+        inputs.entry(p).or_insert_with(blank).a = Some(e);
+    }
+    for (p, e) in b {
+        inputs.entry(p).or_insert_with(blank).b = Some(e);
+    }
+    if !only.is_empty() {
+        inputs.retain(|p, _| only.iter().any(|o| p.starts_with(o)));
+    }
+    let errs: [HashMap<&str, &str>; 2] = errors.map(|es| {
+        es.iter()
+            .map(|(p, m)| (p.as_str(), m.as_str()))
+            .collect::<HashMap<_, _>>()
+    });
+    if errs.iter().any(|e| !e.is_empty()) {
+        for (p, inp) in inputs.iter_mut() {
+            for (side, es) in errs.iter().enumerate() {
+                if es.is_empty() {
+                    continue;
+                }
+                let hit = std::iter::once(p.as_str())
+                    .chain(p.ancestors())
+                    .find_map(|q| es.get(q).map(|m| (q, *m)));
+                if let Some((q, m)) = hit {
+                    let at = if q == p.as_str() {
+                        String::new()
+                    } else {
+                        format!(" (at {q})")
+                    };
+                    inp.unreadable = Some(format!("unreadable on {}{at}: {m}", names[side]));
+                }
+            }
+        }
+    }
+    inputs
+}
+
+impl Engine<'_> {
+    fn pair(
+        &mut self,
+        ia: usize,
+        ib: usize,
+        reps: &[Result<Arc<dyn Replica>, String>],
+        avail: &[Avail],
+    ) -> Result<PairReport, EngineError> {
+        let (sa, sb) = (&self.profile.replicas[ia], &self.profile.replicas[ib]);
+        let names = [sa.name.clone(), sb.name.clone()];
+        let (ida, idb) = match (&avail[ia], &avail[ib]) {
+            (Avail::Ready(a), Avail::Ready(b)) => (a.clone(), b.clone()),
+            (Avail::Unavailable(m), _) | (_, Avail::Unavailable(m)) => {
+                return Ok(PairReport::empty(
+                    &names[0],
+                    &names[1],
+                    PairStatus::Refused,
+                    Some(m.clone()),
+                ))
+            }
+            (Avail::Skip(m), _) | (_, Avail::Skip(m)) => {
+                return Ok(PairReport::empty(
+                    &names[0],
+                    &names[1],
+                    PairStatus::Skipped,
+                    Some(m.clone()),
+                ))
+            }
+        };
+        let ra = reps[ia].as_ref().expect("available").clone();
+        let rb = reps[ib].as_ref().expect("available").clone();
+        let pair = pair_key(&ida, &idb);
+        let ids = [ida, idb];
+
+        // Scan both sides at once.
+        let cache_a = self.store.load_cache(&ids[0])?;
+        let cache_b = self.store.load_cache(&ids[1])?;
+        let base = self.store.load_base(&pair)?;
+        let sopts = ScanOptions {
+            checksum: self.opts.checksum,
+            only: self.opts.paths.clone(),
+        };
+        let rules = self.rules;
+        self.progress
+            .scanning(&format!("{} and {}", names[0], names[1]));
+        let (scan_a, scan_b) = rayon::join(
+            || ra.scan(rules, &cache_a, &sopts),
+            || rb.scan(rules, &cache_b, &sopts),
+        );
+        drop((cache_a, cache_b));
+        let (mut scan_a, mut scan_b) = match (scan_a, scan_b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) => {
+                return Ok(PairReport::empty(
+                    &names[0],
+                    &names[1],
+                    PairStatus::Failed,
+                    Some(format!("scan of {} failed: {e}", names[0])),
+                ))
+            }
+            (_, Err(e)) => {
+                return Ok(PairReport::empty(
+                    &names[0],
+                    &names[1],
+                    PairStatus::Failed,
+                    Some(format!("scan of {} failed: {e}", names[1])),
+                ))
+            }
+        };
+        for (s, scan) in [(0usize, &scan_a), (1, &scan_b)] {
+            if let Some((_, m)) = scan.errors.iter().find(|(p, _)| p.is_root()) {
+                return Ok(PairReport::empty(
+                    &names[0],
+                    &names[1],
+                    PairStatus::Failed,
+                    Some(format!("cannot read the root of {}: {m}", names[s])),
+                ));
+            }
+        }
+        let scanned = [scan_a.entries.len(), scan_b.entries.len()];
+        self.progress.scanned(&names[0], scanned[0]);
+        self.progress.scanned(&names[1], scanned[1]);
+        let hashed_files = scan_a.hashed_files + scan_b.hashed_files;
+        let base_files = base.iter().filter(|(_, e)| !e.is_dir()).count() as u64;
+        let fresh = [
+            std::mem::take(&mut scan_a.fresh),
+            std::mem::take(&mut scan_b.fresh),
+        ];
+        let inputs = build_inputs(
+            base,
+            std::mem::take(&mut scan_a.entries),
+            std::mem::take(&mut scan_b.entries),
+            [&scan_a.errors, &scan_b.errors],
+            [&names[0], &names[1]],
+            &self.opts.paths,
+        );
+        let pctx = PairCtx {
+            names: names.clone(),
+            stamp: self.stamp.to_string(),
+        };
+        let items = reconcile::reconcile(inputs, &|p, d| rules.for_path(p, d), &pctx);
+
+        // The delete guard (SPEC invariant 6): moves are not deletions.
+        if !self.opts.force {
+            for side in [Side::A, Side::B] {
+                let deletes = items
+                    .iter()
+                    .filter(|it| {
+                        matches!(it.decision.action, Action::Delete { on } if on == side)
+                            && it.side(side).is_some_and(|e| !e.is_dir())
+                    })
+                    .count() as u64;
+                let (limit, label) = match self.profile.max_delete {
+                    DeleteLimit::Percent(p) => (
+                        (base_files as f64 * p / 100.0).floor() as u64,
+                        format!("{p}% of {base_files} synced files"),
+                    ),
+                    DeleteLimit::Count(n) => (n, format!("{n} files")),
+                };
+                if deletes > limit {
+                    let mut rep = PairReport::empty(
+                        &names[0],
+                        &names[1],
+                        PairStatus::Refused,
+                        Some(format!(
+                            "refused: this run would delete {deletes} files on {} (limit max_delete = {label}). \
+                             Nothing was done. If the deletions are intended, run again with --force; \
+                             if not, check that {} is the folder you expect.",
+                            names[side.idx()],
+                            names[side.other().idx()]
+                        )),
+                    );
+                    rep.scanned = scanned;
+                    rep.items = items
+                        .iter()
+                        .filter(|it| it.decision.action.changes_something())
+                        .map(|it| self.item_report(it, &pctx, Outcome::Planned))
+                        .collect();
+                    return Ok(rep);
+                }
+            }
+        }
+
+        let mut report = PairReport::empty(&names[0], &names[1], PairStatus::Ok, None);
+        report.scanned = scanned;
+        report.hashed_files = hashed_files;
+
+        if self.opts.dry_run {
+            for it in &items {
+                let outcome = match &it.decision.action {
+                    Action::None | Action::Record | Action::Forget => continue,
+                    Action::Conflict { reason } => Outcome::Conflict(reason.clone()),
+                    Action::Skip { reason } => Outcome::Skipped(reason.clone()),
+                    _ => Outcome::Planned,
+                };
+                report.items.push(self.item_report(it, &pctx, outcome));
+            }
+            tally(&mut report, &items);
+            return Ok(report);
+        }
+
+        let mut ap = Applier {
+            eng: self,
+            pair: &pair,
+            reps: [ra.as_ref(), rb.as_ref()],
+            ids: &ids,
+            pctx: &pctx,
+            items: &items,
+            outcomes: vec![None; items.len()],
+            ops: Vec::new(),
+            bytes: vec![0; items.len()],
+            versions: vec![None; items.len()],
+            aside: HashMap::new(),
+        };
+        for (side, rows) in fresh.into_iter().enumerate() {
+            for (p, c) in rows {
+                ap.ops.push(StateOp::SetCache(side, p, c));
+            }
+        }
+        ap.run()?;
+        let Applier {
+            outcomes,
+            bytes,
+            versions,
+            ..
+        } = ap;
+        for (i, it) in items.iter().enumerate() {
+            let outcome = match &outcomes[i] {
+                Some(o) => o.clone(),
+                None => continue,
+            };
+            let mut r = self.item_report(it, &pctx, outcome);
+            r.bytes = bytes[i];
+            r.version = versions[i].clone();
+            report.items.push(r);
+        }
+        tally(&mut report, &items);
+        Ok(report)
+    }
+
+    fn item_report(&self, it: &Item, pctx: &PairCtx, outcome: Outcome) -> ItemReport {
+        let target = target_side(&it.decision.action).map(|s| pctx.name(s).to_string());
+        ItemReport {
+            path: it.path.to_string(),
+            action: it.decision.action.name().to_string(),
+            target,
+            why: it.decision.why.clone(),
+            rule: it.rule.clone(),
+            conflict: it.decision.conflict,
+            outcome,
+            bytes: 0,
+            version: None,
+        }
+    }
+}
+
+/// The side an action writes to.
+fn target_side(a: &Action) -> Option<Side> {
+    match a {
+        Action::Copy { from } | Action::SetMode { from } => Some(from.other()),
+        Action::Delete { on } | Action::Move { on, .. } | Action::MovedAway { on, .. } => Some(*on),
+        Action::KeepBoth { winner, .. } => Some(winner.other()),
+        _ => None,
+    }
+}
+
+fn tally(report: &mut PairReport, items: &[Item]) {
+    let mut c = Counts::default();
+    let by_path: HashMap<&str, &Item> = items.iter().map(|i| (i.path.as_str(), i)).collect();
+    let mut worst = PairStatus::Ok;
+    for r in &report.items {
+        let it = by_path[r.path.as_str()];
+        match &r.outcome {
+            Outcome::Skipped(_) => {
+                c.skipped += 1;
+                worst = PairStatus::Incomplete;
+                continue;
+            }
+            Outcome::Failed(_) => {
+                c.failed += 1;
+                worst = PairStatus::Incomplete;
+                continue;
+            }
+            Outcome::Conflict(_) => {
+                c.conflicts += 1;
+                worst = PairStatus::Incomplete;
+                continue;
+            }
+            Outcome::Done | Outcome::Planned => {}
+        }
+        if it.decision.conflict {
+            c.conflicts += 1;
+        }
+        match &it.decision.action {
+            Action::Copy { from } | Action::SetMode { from } => {
+                if from.other() == Side::A {
+                    c.to_a += 1;
+                    c.bytes_to_a += r.bytes;
+                } else {
+                    c.to_b += 1;
+                    c.bytes_to_b += r.bytes;
+                }
+            }
+            Action::KeepBoth { winner, .. } => {
+                c.to_a += 1;
+                c.to_b += 1;
+                if *winner == Side::A {
+                    c.bytes_to_b += r.bytes;
+                } else {
+                    c.bytes_to_a += r.bytes;
+                }
+            }
+            Action::Delete { on } => {
+                if *on == Side::A {
+                    c.deleted_a += 1
+                } else {
+                    c.deleted_b += 1
+                }
+            }
+            Action::Move { .. } => c.moved += 1,
+            _ => {}
+        }
+    }
+    report.counts = c;
+    if report.status == PairStatus::Ok {
+        report.status = worst;
+    }
+}
+
+/// Executes one pair's decisions in phases.
+struct Applier<'e, 'a> {
+    eng: &'e mut Engine<'a>,
+    pair: &'e str,
+    reps: [&'e dyn Replica; 2],
+    ids: &'e [String; 2],
+    pctx: &'e PairCtx,
+    items: &'e [Item],
+    outcomes: Vec<Option<Outcome>>,
+    ops: Vec<StateOp>,
+    bytes: Vec<u64>,
+    versions: Vec<Option<String>>,
+    /// KeepBoth: the loser's entry after it was renamed aside.
+    aside: HashMap<usize, Entry>,
+}
+
+/// A file or link to write: (item, source side, source path, destination path, metadata,
+/// what the destination must currently be).
+struct CopyJob {
+    idx: usize,
+    from: Side,
+    src: RelPath,
+    dst: RelPath,
+    meta: Entry,
+    expect: Option<Entry>,
+    /// For KeepBoth: the base to record at `dst`.
+    base_path: RelPath,
+}
+
+const BATCH_FILES: usize = 1024;
+const BATCH_BYTES: u64 = 256 << 20;
+const OPS_PER_COMMIT: usize = 20_000;
+
+impl Applier<'_, '_> {
+    fn rep(&self, s: Side) -> &dyn Replica {
+        self.reps[s.idx()]
+    }
+
+    fn run(&mut self) -> Result<(), EngineError> {
+        let items = self.items;
+        // Journal first: the intent of every change is durable before the first one.
+        {
+            let b = self.eng.store.batch()?;
+            b.clear_conflicts(self.pair)?;
+            for (i, it) in items.iter().enumerate() {
+                if !it.decision.action.changes_something() {
+                    continue;
+                }
+                let target = target_side(&it.decision.action)
+                    .map(|s| self.pctx.name(s).to_string())
+                    .unwrap_or_default();
+                b.journal(
+                    self.eng.run,
+                    i,
+                    self.pair,
+                    &it.path,
+                    it.decision.action.name(),
+                    &serde_json::json!({"target": target}).to_string(),
+                )?;
+            }
+            b.commit()?;
+        }
+        let total_bytes: u64 = items
+            .iter()
+            .filter(|it| {
+                matches!(
+                    it.decision.action,
+                    Action::Copy { .. } | Action::KeepBoth { .. }
+                )
+            })
+            .filter_map(|it| match it.decision.action {
+                Action::Copy { from } => it.side(from).map(|e| e.size),
+                Action::KeepBoth { .. } => {
+                    Some(it.a.as_ref().map_or(0, |e| e.size) + it.b.as_ref().map_or(0, |e| e.size))
+                }
+                _ => None,
+            })
+            .sum();
+        let changing = items
+            .iter()
+            .filter(|it| it.decision.action.changes_something())
+            .count() as u64;
+        self.eng.progress.applying(changing, total_bytes);
+
+        // Decisions that need no replica change.
+        for (i, it) in items.iter().enumerate() {
+            match &it.decision.action {
+                Action::Record => {
+                    let e =
+                        it.a.as_ref()
+                            .or(it.b.as_ref())
+                            .expect("record has an entry");
+                    self.ops.push(StateOp::SetBase(it.path.clone(), base_of(e)));
+                }
+                Action::Forget => {
+                    if it.base.is_some() {
+                        self.ops.push(StateOp::RemoveBase(it.path.clone()));
+                    }
+                }
+                Action::Conflict { reason } => {
+                    self.ops.push(StateOp::Conflict(
+                        it.path.clone(),
+                        reason.clone(),
+                        it.a.clone(),
+                        it.b.clone(),
+                    ));
+                    self.outcomes[i] = Some(Outcome::Conflict(reason.clone()));
+                }
+                Action::Skip { reason } => {
+                    self.outcomes[i] = Some(Outcome::Skipped(reason.clone()))
+                }
+                _ => {}
+            }
+        }
+
+        self.phase_asides();
+        self.phase_mkdirs();
+        self.phase_moves();
+        self.phase_deletes(false);
+        self.phase_deletes(true);
+        self.phase_copies()?;
+        self.phase_modes();
+
+        // Renames and new directory entries durable too.
+        for r in self.reps {
+            let _ = r.flush();
+        }
+        self.commit_ops()?;
+        Ok(())
+    }
+
+    fn commit_ops(&mut self) -> Result<(), EngineError> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let b = self.eng.store.batch()?;
+        for op in &ops {
+            match op {
+                StateOp::SetBase(p, e) => b.set_base(self.pair, p, e)?,
+                StateOp::RemoveBase(p) => b.remove_base(self.pair, p)?,
+                StateOp::SetCache(s, p, c) => b.set_cache(&self.ids[*s], p, c)?,
+                StateOp::RemoveCache(s, p) => b.remove_cache(&self.ids[*s], p)?,
+                StateOp::Journal(seq, state) => b.journal_state(self.eng.run, *seq, state)?,
+                StateOp::Conflict(p, reason, a, bb) => {
+                    b.set_conflict(self.pair, p, reason, self.eng.run, a.as_ref(), bb.as_ref())?
+                }
+            }
+        }
+        b.commit()?;
+        if let Some(a) = self.eng.audit.as_deref_mut() {
+            a.flush()
+                .map_err(|e| EngineError::Io(format!("audit trail: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn maybe_commit(&mut self) -> Result<(), EngineError> {
+        if self.ops.len() >= OPS_PER_COMMIT {
+            self.commit_ops()?;
+        }
+        Ok(())
+    }
+
+    /// Record an item's result: outcome, journal state, audit line.
+    fn finish(
+        &mut self,
+        i: usize,
+        target: Side,
+        result: Result<(Option<Entry>, Option<String>), ReplicaError>,
+    ) -> bool {
+        let it = &self.items[i];
+        let (outcome, state) = match &result {
+            Ok(_) => (Outcome::Done, "done"),
+            Err(e) if e.is_race() => (Outcome::Skipped(e.to_string()), "skipped"),
+            Err(e) => (
+                Outcome::Failed(format!("on {}: {e}", self.pctx.name(target))),
+                "failed",
+            ),
+        };
+        if let Ok((after, version)) = &result {
+            if version.is_some() {
+                self.versions[i] = version.clone();
+            }
+            let before = it.side(target);
+            if let Some(a) = self.eng.audit.as_deref_mut() {
+                let _ = a.append(Record {
+                    time: now_rfc3339(),
+                    run: self.eng.run.to_string(),
+                    pair: format!("{}<->{}", self.pctx.names[0], self.pctx.names[1]),
+                    path: it.path.to_string(),
+                    action: it.decision.action.name().into(),
+                    replica: self.pctx.name(target).to_string(),
+                    hash_before: before.and_then(|e| e.hash).map(|h| h.to_hex()),
+                    hash_after: after.as_ref().and_then(|e| e.hash).map(|h| h.to_hex()),
+                    size: after.as_ref().map(|e| e.size),
+                    version: version.clone(),
+                    rule: it.rule.clone(),
+                    detail: it.decision.why.clone(),
+                    prev: String::new(),
+                });
+            }
+        }
+        // An item may have several steps (keep-both); the first failure sticks.
+        let ok = result.is_ok();
+        match &self.outcomes[i] {
+            Some(Outcome::Failed(_)) | Some(Outcome::Skipped(_)) => {}
+            _ => {
+                self.outcomes[i] = Some(outcome);
+                self.ops.push(StateOp::Journal(i, state));
+            }
+        }
+        ok
+    }
+
+    fn cache_written(&mut self, side: Side, path: &RelPath, e: &Entry) {
+        if let (Some(h), Some(st)) = (e.hash, e.stat) {
+            if e.is_file() && e.mtime < now_ns() - 2_000_000_000 {
+                self.ops.push(StateOp::SetCache(
+                    side.idx(),
+                    path.clone(),
+                    Cached {
+                        size: e.size,
+                        mtime: e.mtime,
+                        stat: st,
+                        hash: h,
+                    },
+                ));
+            }
+        }
+    }
+
+    fn failed_before(&self, i: usize) -> bool {
+        matches!(
+            self.outcomes[i],
+            Some(Outcome::Failed(_)) | Some(Outcome::Skipped(_))
+        )
+    }
+
+    fn phase_asides(&mut self) {
+        for (i, it) in self.items.iter().enumerate() {
+            let Action::KeepBoth { winner, aside } = &it.decision.action else {
+                continue;
+            };
+            let loser = winner.other();
+            let le = it.side(loser).expect("conflict side present");
+            let r = self.rep(loser).rename(&it.path, aside, le);
+            match r {
+                Ok(e) => {
+                    let mut e = e;
+                    e.hash = le.hash;
+                    self.aside.insert(i, e);
+                }
+                Err(err) => {
+                    self.finish(i, loser, Err(err));
+                }
+            }
+        }
+    }
+
+    fn phase_mkdirs(&mut self) {
+        for (i, it) in self.items.iter().enumerate() {
+            let Action::Copy { from } = it.decision.action else {
+                continue;
+            };
+            let Some(src) = it.side(from).filter(|e| e.is_dir()) else {
+                continue;
+            };
+            let to = from.other();
+            let r = self
+                .rep(to)
+                .mkdir(&it.path, src.mode, it.side(to), self.eng.run);
+            if self.finish(i, to, r.map(|e| (Some(e), None))) {
+                self.ops
+                    .push(StateOp::SetBase(it.path.clone(), base_of(src)));
+            }
+        }
+    }
+
+    fn phase_moves(&mut self) {
+        let index: HashMap<&RelPath, usize> = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (&it.path, i))
+            .collect();
+        for (i, it) in self.items.iter().enumerate() {
+            let Action::Move { on, from } = &it.decision.action else {
+                continue;
+            };
+            let j = index[from];
+            let old = self.items[j].side(*on).expect("move source present");
+            let src = it
+                .side(on.other())
+                .expect("moved file present on the other side");
+            let r = self.rep(*on).rename(from, &it.path, old);
+            let ok = self.finish(
+                i,
+                *on,
+                r.as_ref()
+                    .map(|e| (Some(e.clone()), None))
+                    .map_err(clone_err),
+            );
+            if ok {
+                let e = r.expect("ok");
+                self.outcomes[j] = Some(Outcome::Done);
+                self.ops.push(StateOp::Journal(j, "done"));
+                self.ops
+                    .push(StateOp::SetBase(it.path.clone(), base_of(src)));
+                self.ops.push(StateOp::RemoveBase(from.clone()));
+                self.ops.push(StateOp::RemoveCache(on.idx(), from.clone()));
+                self.cache_written(*on, &it.path, &e);
+            } else {
+                self.outcomes[j] = self.outcomes[i].clone();
+            }
+        }
+    }
+
+    fn phase_deletes(&mut self, dirs: bool) {
+        let order: Vec<usize> = if dirs {
+            (0..self.items.len()).rev().collect()
+        } else {
+            (0..self.items.len()).collect()
+        };
+        for i in order {
+            let it = &self.items[i];
+            let Action::Delete { on } = it.decision.action else {
+                continue;
+            };
+            let e = it.side(on).expect("deleted side present");
+            if e.is_dir() != dirs {
+                continue;
+            }
+            let r = self.rep(on).remove(&it.path, e, self.eng.run);
+            if self.finish(i, on, r.map(|v| (None, v))) {
+                self.ops.push(StateOp::RemoveBase(it.path.clone()));
+                self.ops
+                    .push(StateOp::RemoveCache(on.idx(), it.path.clone()));
+            }
+        }
+    }
+
+    fn copy_jobs(&self) -> Vec<CopyJob> {
+        let mut jobs = Vec::new();
+        for (i, it) in self.items.iter().enumerate() {
+            match &it.decision.action {
+                Action::Copy { from } => {
+                    let src = it.side(*from).expect("copy source present");
+                    if src.is_dir() {
+                        continue;
+                    }
+                    jobs.push(CopyJob {
+                        idx: i,
+                        from: *from,
+                        src: it.path.clone(),
+                        dst: it.path.clone(),
+                        meta: src.clone(),
+                        expect: it.side(from.other()).cloned(),
+                        base_path: it.path.clone(),
+                    });
+                }
+                Action::KeepBoth { winner, aside } => {
+                    if self.failed_before(i) {
+                        continue;
+                    }
+                    let w = it.side(*winner).expect("winner present").clone();
+                    let l = self.aside.get(&i).expect("aside renamed").clone();
+                    jobs.push(CopyJob {
+                        idx: i,
+                        from: *winner,
+                        src: it.path.clone(),
+                        dst: it.path.clone(),
+                        meta: w,
+                        expect: None,
+                        base_path: it.path.clone(),
+                    });
+                    jobs.push(CopyJob {
+                        idx: i,
+                        from: winner.other(),
+                        src: aside.clone(),
+                        dst: aside.clone(),
+                        meta: l,
+                        expect: None,
+                        base_path: aside.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        jobs
+    }
+
+    fn phase_copies(&mut self) -> Result<(), EngineError> {
+        let jobs = self.copy_jobs();
+        let mut start = 0;
+        while start < jobs.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < jobs.len()
+                && end - start < BATCH_FILES
+                && (bytes < BATCH_BYTES || end == start)
+            {
+                bytes += jobs[end].meta.size;
+                end += 1;
+            }
+            let batch = &jobs[start..end];
+            let reps = self.reps;
+            // Stage in parallel: temp file on the target's filesystem, hash-verified.
+            let staged: Vec<Result<Staged, ReplicaError>> = batch
+                .par_iter()
+                .map(|j| {
+                    let tgt = reps[j.from.other().idx()];
+                    match j.meta.kind {
+                        Kind::Symlink => tgt.stage_symlink(j.meta.link.as_deref().unwrap_or("")),
+                        _ => tgt.stage_file(reps[j.from.idx()], &j.src, &j.meta),
+                    }
+                })
+                .collect();
+            // Durable before any rename exposes it (SPEC invariant 2).
+            let mut flush_err = None;
+            for s in [Side::A, Side::B] {
+                if batch.iter().any(|j| j.from.other() == s) {
+                    if let Err(e) = self.rep(s).flush() {
+                        flush_err = Some(e.to_string());
+                    }
+                }
+            }
+            for (j, st) in batch.iter().zip(staged) {
+                let to = j.from.other();
+                let r = match st {
+                    Ok(st) if flush_err.is_none() && !self.failed_before(j.idx) => self
+                        .rep(to)
+                        .install(st, &j.dst, j.expect.as_ref(), self.eng.run),
+                    Ok(st) => {
+                        self.rep(to).discard(st);
+                        match &flush_err {
+                            Some(m) => Err(ReplicaError::Io {
+                                path: j.dst.to_string(),
+                                source: std::io::Error::other(m.clone()),
+                            }),
+                            None => continue,
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                let ok = self.finish(
+                    j.idx,
+                    to,
+                    r.as_ref()
+                        .map(|(e, v)| (Some(e.clone()), v.clone()))
+                        .map_err(clone_err),
+                );
+                if ok {
+                    let (e, _) = r.expect("ok");
+                    self.bytes[j.idx] += j.meta.size;
+                    self.ops
+                        .push(StateOp::SetBase(j.base_path.clone(), base_of(&j.meta)));
+                    self.cache_written(to, &j.dst, &e);
+                }
+                self.eng.progress.advance(j.meta.size);
+            }
+            self.maybe_commit()?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn phase_modes(&mut self) {
+        for (i, it) in self.items.iter().enumerate() {
+            let Action::SetMode { from } = it.decision.action else {
+                continue;
+            };
+            let to = from.other();
+            let src = it.side(from).expect("mode source present");
+            let tgt = it.side(to).expect("mode target present");
+            let r = self.rep(to).set_mode(&it.path, src.mode, tgt);
+            if self.finish(i, to, r.map(|e| (Some(e), None))) {
+                self.ops
+                    .push(StateOp::SetBase(it.path.clone(), base_of(src)));
+            }
+        }
+    }
+}
+
+fn clone_err(e: &ReplicaError) -> ReplicaError {
+    match e {
+        ReplicaError::Io { path, source } => ReplicaError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        ReplicaError::Changed(p) => ReplicaError::Changed(p.clone()),
+        ReplicaError::HashMismatch(p) => ReplicaError::HashMismatch(p.clone()),
+        ReplicaError::SymlinkParent(p) => ReplicaError::SymlinkParent(p.clone()),
+        ReplicaError::NotEmpty(p) => ReplicaError::NotEmpty(p.clone()),
+    }
+}
+
+/// The set of paths of a plan that change something (for tests and `status`).
+pub fn changed_paths(report: &RunReport) -> HashSet<String> {
+    report
+        .pairs
+        .iter()
+        .flat_map(|p| p.items.iter().map(|i| i.path.clone()))
+        .collect()
+}
+
+/// The profile name of the ad-hoc form `fedsync sync A B`: keyed by both canonical roots.
+pub fn adhoc_name(a: &str, b: &str) -> String {
+    let h = blake3::hash(format!("{a}\0{b}").as_bytes());
+    format!("adhoc-{}", &h.to_hex()[..12])
+}
+
+/// Absolute, symlink-resolved form of a local root that may not exist yet.
+pub fn canonical_root(p: &std::path::Path) -> std::path::PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => canonical_root(parent).join(name),
+        _ => abs,
+    }
+}

@@ -1,0 +1,17 @@
+//! fedsync-core: the engine of fedsync, a two-way file synchronizer that never loses a
+//! version. The pipeline is scan -> reconcile -> plan -> apply over two replicas behind
+//! one trait; this crate has no terminal, HTTP or argument parsing.
+
+pub mod audit;
+pub mod config;
+pub mod engine;
+pub mod entry;
+pub mod home;
+pub mod inspect;
+pub mod path;
+pub mod reconcile;
+pub mod replica;
+pub mod rules;
+pub mod store;
+
+pub use home::Home;

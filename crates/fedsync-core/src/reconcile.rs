@@ -1,0 +1,675 @@
+//! Three-way reconciliation: (base, side A, side B, rules) -> a decision per path.
+//!
+//! PURE: no I/O, no clock. Every rule of SPEC section 4 is a row in the table tests
+//! (`tests/reconcile_table.rs`). The apply stage executes exactly what is decided here.
+
+use crate::config::{Direction, Policy};
+use crate::entry::{Entry, Hash, Kind};
+use crate::path::RelPath;
+use crate::rules::PathRules;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// One of the two replicas of a pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+    pub fn idx(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+}
+
+/// What to do for one path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Both sides already agree with the base.
+    None,
+    /// Both sides agree (changed identically, or first sync of equal content): store as base.
+    Record,
+    /// Gone on both sides: drop the base.
+    Forget,
+    /// Make the other side equal to `from` (file, symlink or directory; replaces another kind
+    /// on the target after keeping it as a version).
+    Copy { from: Side },
+    /// Content equal; copy the permission bits of `from` to the other side.
+    SetMode { from: Side },
+    /// Remove on `on` (kept as a version first).
+    Delete { on: Side },
+    /// Rename `from` to this path on `on` (a move made on the other side; no transfer).
+    Move { on: Side, from: RelPath },
+    /// The source half of a move; carried out by the item at `to`.
+    MovedAway { on: Side, to: RelPath },
+    /// Conflict settled by keeping both: the winner's content stays under this name on both
+    /// sides, the loser's is renamed to `aside` on its side and copied to the winner's side.
+    KeepBoth { winner: Side, aside: RelPath },
+    /// Conflict left for `fedsync resolve`: nothing touched.
+    Conflict { reason: String },
+    /// Not handled this run (unreadable, changed during the scan, ...): nothing touched.
+    Skip { reason: String },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::None => "none",
+            Action::Record => "record",
+            Action::Forget => "forget",
+            Action::Copy { .. } => "copy",
+            Action::SetMode { .. } => "set-mode",
+            Action::Delete { .. } => "delete",
+            Action::Move { .. } => "move",
+            Action::MovedAway { .. } => "moved-away",
+            Action::KeepBoth { .. } => "keep-both",
+            Action::Conflict { .. } => "conflict",
+            Action::Skip { .. } => "skip",
+        }
+    }
+
+    /// Whether the action changes a replica.
+    pub fn changes_something(&self) -> bool {
+        matches!(
+            self,
+            Action::Copy { .. }
+                | Action::SetMode { .. }
+                | Action::Delete { .. }
+                | Action::Move { .. }
+                | Action::KeepBoth { .. }
+        )
+    }
+}
+
+/// How a side changed relative to the base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Unchanged,
+    Created,
+    Modified,
+    Deleted,
+    Absent,
+}
+
+pub fn change(base: Option<&Entry>, cur: Option<&Entry>) -> Change {
+    match (base, cur) {
+        (None, None) => Change::Absent,
+        (None, Some(_)) => Change::Created,
+        (Some(_), None) => Change::Deleted,
+        (Some(b), Some(c)) => {
+            if b.same_state(c) {
+                Change::Unchanged
+            } else {
+                Change::Modified
+            }
+        }
+    }
+}
+
+/// Pair-wide facts the decision needs besides the three entries.
+#[derive(Clone, Debug)]
+pub struct PairCtx {
+    /// Replica names of side A and side B.
+    pub names: [String; 2],
+    /// `YYYYMMDD-HHMMSS` of the run, for conflict copy names.
+    pub stamp: String,
+}
+
+impl PairCtx {
+    pub fn side_of(&self, name: &str) -> Option<Side> {
+        if self.names[0] == name {
+            Some(Side::A)
+        } else if self.names[1] == name {
+            Some(Side::B)
+        } else {
+            None
+        }
+    }
+    pub fn name(&self, s: Side) -> &str {
+        &self.names[s.idx()]
+    }
+}
+
+/// The decision for one path, with the human explanation `plan` and `why` print.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    #[serde(flatten)]
+    pub action: Action,
+    pub why: String,
+    /// Set when both sides changed differently (whatever settled it).
+    pub conflict: bool,
+}
+
+fn d(action: Action, why: impl Into<String>) -> Decision {
+    Decision {
+        action,
+        why: why.into(),
+        conflict: false,
+    }
+}
+
+fn c(action: Action, why: impl Into<String>) -> Decision {
+    Decision {
+        action,
+        why: why.into(),
+        conflict: true,
+    }
+}
+
+/// The one-way flow a direction rule imposes on this pair, if any: (source side).
+pub fn one_way_source(dir: &Direction, ctx: &PairCtx) -> Option<Side> {
+    match (ctx.side_of(&dir.from), ctx.side_of(&dir.to)) {
+        (Some(f), Some(_)) => Some(f),
+        // The pair holds only the receiving replica: it passes the source's content on.
+        (None, Some(t)) => Some(t),
+        // The pair holds only the source: it stays authoritative.
+        (Some(f), None) => Some(f),
+        (None, None) => None,
+    }
+}
+
+/// `NAME.conflict-<replica>-<stamp>.EXT`
+pub fn conflict_name(path: &RelPath, replica: &str, stamp: &str) -> RelPath {
+    let (stem, ext) = path.stem_ext();
+    let name = match ext {
+        Some(e) => format!("{stem}.conflict-{replica}-{stamp}.{e}"),
+        None => format!("{stem}.conflict-{replica}-{stamp}"),
+    };
+    path.with_file_name(&name)
+        .expect("conflict name built from a valid name is valid")
+}
+
+fn describe(e: Option<&Entry>) -> &'static str {
+    match e.map(|e| e.kind) {
+        None => "absent",
+        Some(Kind::File) => "file",
+        Some(Kind::Dir) => "directory",
+        Some(Kind::Symlink) => "symlink",
+    }
+}
+
+/// Decide one path. `a`/`b` are the current states, `base` the last agreed state.
+pub fn decide(
+    path: &RelPath,
+    base: Option<&Entry>,
+    a: Option<&Entry>,
+    b: Option<&Entry>,
+    rules: &PathRules,
+    ctx: &PairCtx,
+) -> Decision {
+    let (na, nb) = (ctx.name(Side::A), ctx.name(Side::B));
+    let ca = change(base, a);
+    let cb = change(base, b);
+
+    // One-way paths: the target mirrors the source, its own changes are reverted (and kept
+    // as versions by apply).
+    if let Some(dir) = &rules.direction {
+        if let Some(src) = one_way_source(dir, ctx) {
+            return one_way(src, base, a, b, ctx);
+        }
+    }
+
+    match (ca, cb) {
+        (Change::Absent, Change::Absent) => d(Action::Forget, "absent on both sides"),
+        (Change::Unchanged, Change::Unchanged) => d(Action::None, "unchanged on both sides"),
+        (Change::Unchanged, _) => propagate(Side::B, cb, a, b, ctx),
+        (_, Change::Unchanged) => propagate(Side::A, ca, a, b, ctx),
+        (Change::Created, Change::Absent) => propagate(Side::A, ca, a, b, ctx),
+        (Change::Absent, Change::Created) => propagate(Side::B, cb, a, b, ctx),
+        (Change::Deleted, Change::Deleted) => d(Action::Forget, "deleted on both sides"),
+        (Change::Deleted, _) => {
+            // b is Some (modified): the modification wins.
+            d(
+                Action::Copy { from: Side::B },
+                format!("deleted on {na} but modified on {nb}: the modification wins"),
+            )
+        }
+        (_, Change::Deleted) => d(
+            Action::Copy { from: Side::A },
+            format!("modified on {na} but deleted on {nb}: the modification wins"),
+        ),
+        _ => {
+            // Both sides present and both changed (or both created).
+            let (ea, eb) = (a.expect("present"), b.expect("present"));
+            both_changed(path, base, ea, eb, rules, ctx)
+        }
+    }
+}
+
+fn propagate(
+    from: Side,
+    ch: Change,
+    a: Option<&Entry>,
+    b: Option<&Entry>,
+    ctx: &PairCtx,
+) -> Decision {
+    let src = ctx.name(from);
+    let to = ctx.name(from.other());
+    let (e, other) = match from {
+        Side::A => (a, b),
+        Side::B => (b, a),
+    };
+    match ch {
+        Change::Deleted => d(
+            Action::Delete { on: from.other() },
+            format!("deleted on {src}, unchanged on {to}"),
+        ),
+        Change::Created => d(
+            Action::Copy { from },
+            format!("new {} on {src}", describe(e)),
+        ),
+        Change::Modified => {
+            let (e, o) = (e.expect("modified"), other.expect("unchanged side present"));
+            if e.same_content(o) && e.mode_differs(o) {
+                d(
+                    Action::SetMode { from },
+                    format!("mode changed on {src} ({:o} -> {:o})", o.mode, e.mode),
+                )
+            } else if e.kind != o.kind {
+                d(
+                    Action::Copy { from },
+                    format!(
+                        "{} replaced by a {} on {src}",
+                        describe(Some(o)),
+                        describe(Some(e))
+                    ),
+                )
+            } else {
+                d(
+                    Action::Copy { from },
+                    format!("modified on {src}, unchanged on {to}"),
+                )
+            }
+        }
+        Change::Unchanged | Change::Absent => d(Action::None, "unchanged"),
+    }
+}
+
+fn one_way(
+    src: Side,
+    base: Option<&Entry>,
+    a: Option<&Entry>,
+    b: Option<&Entry>,
+    ctx: &PairCtx,
+) -> Decision {
+    let (s, t) = match src {
+        Side::A => (a, b),
+        Side::B => (b, a),
+    };
+    let sn = ctx.name(src);
+    let tn = ctx.name(src.other());
+    let tgt_changed = !matches!(change(base, t), Change::Unchanged | Change::Absent);
+    let note = if tgt_changed {
+        format!(" ({tn}'s own change is not sent; it is kept as a version)")
+    } else {
+        String::new()
+    };
+    match (s, t) {
+        (None, None) => d(
+            Action::Forget,
+            format!("one-way {sn} -> {tn}: absent on both"),
+        ),
+        (None, Some(_)) => d(
+            Action::Delete { on: src.other() },
+            format!("one-way {sn} -> {tn}: absent on {sn}{note}"),
+        ),
+        (Some(se), Some(te)) if se.same_state(te) => {
+            if base.is_some_and(|b| b.same_state(se)) {
+                d(Action::None, format!("one-way {sn} -> {tn}: unchanged"))
+            } else {
+                d(
+                    Action::Record,
+                    format!("one-way {sn} -> {tn}: already equal"),
+                )
+            }
+        }
+        (Some(se), Some(te)) if se.same_content(te) => d(
+            Action::SetMode { from: src },
+            format!("one-way {sn} -> {tn}: mode differs{note}"),
+        ),
+        (Some(_), _) => d(
+            Action::Copy { from: src },
+            format!("one-way {sn} -> {tn}{note}"),
+        ),
+    }
+}
+
+fn newer(a: &Entry, b: &Entry) -> Side {
+    // Ties go to A (the hub), so the outcome is deterministic.
+    if b.mtime > a.mtime {
+        Side::B
+    } else {
+        Side::A
+    }
+}
+
+fn both_changed(
+    path: &RelPath,
+    base: Option<&Entry>,
+    a: &Entry,
+    b: &Entry,
+    rules: &PathRules,
+    ctx: &PairCtx,
+) -> Decision {
+    let (na, nb) = (ctx.name(Side::A), ctx.name(Side::B));
+    let verb = if base.is_none() { "created" } else { "changed" };
+    if a.same_state(b) {
+        return d(
+            Action::Record,
+            format!("{verb} identically on {na} and {nb}"),
+        );
+    }
+    if a.same_content(b) {
+        // Only the permission bits disagree: the side that changed them wins, else the newer.
+        let from = match base {
+            Some(base) if base.mode == a.mode => Side::B,
+            Some(base) if base.mode == b.mode => Side::A,
+            _ => newer(a, b),
+        };
+        return d(
+            Action::SetMode { from },
+            format!(
+                "same content on both; mode {:o} from {} wins",
+                if from == Side::A { a.mode } else { b.mode },
+                ctx.name(from)
+            ),
+        );
+    }
+    if a.kind != b.kind && (a.is_dir() || b.is_dir()) {
+        return c(
+            Action::Conflict {
+                reason: format!(
+                    "{} on {na} but {} on {nb}",
+                    describe(Some(a)),
+                    describe(Some(b))
+                ),
+            },
+            format!(
+                "conflict: {} on {na}, {} on {nb}; nothing is deleted, resolve it by hand",
+                describe(Some(a)),
+                describe(Some(b))
+            ),
+        );
+    }
+    let both = format!("{verb} differently on {na} and {nb}");
+    let policy = &rules.conflict;
+    match policy {
+        Policy::Newest => {
+            let w = newer(a, b);
+            c(
+                Action::Copy { from: w },
+                format!(
+                    "conflict: {both}; policy newest ({}): {}'s newer copy wins, {}'s is kept as a version",
+                    rules.source,
+                    ctx.name(w),
+                    ctx.name(w.other())
+                ),
+            )
+        }
+        Policy::Prefer(r) => match ctx.side_of(r) {
+            Some(w) => c(
+                Action::Copy { from: w },
+                format!(
+                    "conflict: {both}; policy prefer:{r} ({}): {}'s copy is kept as a version",
+                    rules.source,
+                    ctx.name(w.other())
+                ),
+            ),
+            // The preferred replica is not in this pair: fall back to keeping both.
+            None => keep_both(
+                path,
+                a,
+                b,
+                ctx,
+                &format!("{both}; prefer:{r} is not in this pair, so"),
+            ),
+        },
+        Policy::Ask => c(
+            Action::Conflict {
+                reason: both.clone(),
+            },
+            format!(
+                "conflict: {both}; policy ask ({}): queued for `fedsync resolve`",
+                rules.source
+            ),
+        ),
+        // Merges are settled by the merge engine; until one applies, keep both.
+        Policy::Merge | Policy::KeepBoth => keep_both(path, a, b, ctx, &both),
+    }
+}
+
+fn keep_both(path: &RelPath, a: &Entry, b: &Entry, ctx: &PairCtx, both: &str) -> Decision {
+    let w = newer(a, b);
+    let loser = ctx.name(w.other());
+    let aside = conflict_name(path, loser, &ctx.stamp);
+    c(
+        Action::KeepBoth {
+            winner: w,
+            aside: aside.clone(),
+        },
+        format!(
+            "conflict: {both}; keep-both: {}'s newer copy stays as {}, {loser}'s is kept as {}",
+            ctx.name(w),
+            path.file_name(),
+            aside.file_name()
+        ),
+    )
+}
+
+/// One path's inputs and decision, as the plan carries it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    pub path: RelPath,
+    pub base: Option<Entry>,
+    pub a: Option<Entry>,
+    pub b: Option<Entry>,
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// What decided the policy: "profile default" or "rule N (pattern)".
+    pub rule: String,
+}
+
+impl Item {
+    pub fn side(&self, s: Side) -> Option<&Entry> {
+        match s {
+            Side::A => self.a.as_ref(),
+            Side::B => self.b.as_ref(),
+        }
+    }
+}
+
+/// Everything known about one path before deciding.
+pub struct Input {
+    pub base: Option<Entry>,
+    pub a: Option<Entry>,
+    pub b: Option<Entry>,
+    /// Set when either side could not be read at or above this path.
+    pub unreadable: Option<String>,
+}
+
+/// Decide a whole pair: per-path decisions, then the cross-path passes (renames, directory
+/// consistency). `rules_for` gives the rules of a path.
+pub fn reconcile(
+    inputs: BTreeMap<RelPath, Input>,
+    rules_for: &dyn Fn(&RelPath, bool) -> PathRules,
+    ctx: &PairCtx,
+) -> Vec<Item> {
+    let mut items: Vec<Item> = inputs
+        .into_iter()
+        .map(|(path, inp)| {
+            let is_dir = [&inp.a, &inp.b, &inp.base]
+                .iter()
+                .any(|e| e.as_ref().is_some_and(|e| e.is_dir()));
+            let rules = rules_for(&path, is_dir);
+            let decision = match &inp.unreadable {
+                Some(why) => d(
+                    Action::Skip {
+                        reason: why.clone(),
+                    },
+                    why.clone(),
+                ),
+                None => decide(
+                    &path,
+                    inp.base.as_ref(),
+                    inp.a.as_ref(),
+                    inp.b.as_ref(),
+                    &rules,
+                    ctx,
+                ),
+            };
+            Item {
+                path,
+                base: inp.base,
+                a: inp.a,
+                b: inp.b,
+                decision,
+                rule: rules.source,
+            }
+        })
+        .collect();
+    detect_moves(&mut items, ctx);
+    fix_directories(&mut items, ctx);
+    items
+}
+
+/// A deletion and a creation of the same content, propagating the same way, become a rename.
+fn detect_moves(items: &mut [Item], ctx: &PairCtx) {
+    // (target side, hash) -> indices of deletions on that side of a file with that hash.
+    let mut deletions: HashMap<(Side, Hash), Vec<usize>> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        if let Action::Delete { on } = it.decision.action {
+            if let Some(e) = it.side(on) {
+                if e.is_file() && e.size > 0 {
+                    if let Some(h) = e.hash {
+                        deletions.entry((on, h)).or_default().push(i);
+                    }
+                }
+            }
+        }
+    }
+    if deletions.is_empty() {
+        return;
+    }
+    let mut moves = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        if let Action::Copy { from } = it.decision.action {
+            let to = from.other();
+            if it.side(to).is_some() {
+                continue; // an overwrite, not a creation
+            }
+            let Some(src) = it.side(from) else { continue };
+            if !src.is_file() {
+                continue;
+            }
+            let Some(h) = src.hash else { continue };
+            if let Some(cands) = deletions.get_mut(&(to, h)) {
+                // Prefer a candidate with the same file name (a move between directories).
+                let pos = cands
+                    .iter()
+                    .position(|&j| items[j].path.file_name() == it.path.file_name())
+                    .unwrap_or(0);
+                if let Some(j) = (!cands.is_empty()).then(|| cands.remove(pos)) {
+                    let old = items[j].side(to).expect("deleted side had the file");
+                    // A rename keeps the old mode and mtime; only a pure content move qualifies.
+                    if old.mode == src.mode {
+                        moves.push((i, j, to, from));
+                    } else {
+                        cands.push(j);
+                    }
+                }
+            }
+        }
+    }
+    for (i, j, on, from) in moves {
+        let from_path = items[j].path.clone();
+        let to_path = items[i].path.clone();
+        items[i].decision = d(
+            Action::Move {
+                on,
+                from: from_path.clone(),
+            },
+            format!(
+                "moved on {} from {from_path}: renamed on {} (no transfer)",
+                ctx.name(from),
+                ctx.name(on)
+            ),
+        );
+        items[j].decision = d(
+            Action::MovedAway {
+                on,
+                to: to_path.clone(),
+            },
+            format!("moved on {} to {to_path}", ctx.name(from)),
+        );
+    }
+}
+
+/// Directory consistency: a directory cannot be deleted on a side that keeps something
+/// inside it, and a copy into a directory needs that directory on the target.
+fn fix_directories(items: &mut [Item], ctx: &PairCtx) {
+    // Items are sorted by path, but "a/b" sorts after "a-c"; index by path instead.
+    let index: HashMap<RelPath, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.path.clone(), i))
+        .collect();
+    // For every side, whether anything below a directory survives on it after the plan.
+    for i in 0..items.len() {
+        let keeps: [bool; 2] = [Side::A, Side::B].map(|s| survives(&items[i], s));
+        for side in [Side::A, Side::B] {
+            if !keeps[side.idx()] {
+                continue;
+            }
+            // Every ancestor directory must survive on `side`.
+            for anc in items[i]
+                .path
+                .ancestors()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+            {
+                let Ok(anc) = RelPath::new(&anc) else {
+                    continue;
+                };
+                let Some(&j) = index.get(&anc) else { continue };
+                let it = &items[j];
+                if let Action::Delete { on } = it.decision.action {
+                    if on == side && it.side(on).is_some_and(|e| e.is_dir()) {
+                        // Deleted on the other side, but something inside is kept here:
+                        // re-create the directory there instead.
+                        let from = side;
+                        let why = format!(
+                            "directory deleted on {} but {} still has content inside it: re-created",
+                            ctx.name(from.other()),
+                            ctx.name(from)
+                        );
+                        items[j].decision = d(Action::Copy { from }, why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether an item leaves something at its path on `side` after it is applied.
+fn survives(it: &Item, side: Side) -> bool {
+    match &it.decision.action {
+        Action::Delete { on } if *on == side => false,
+        Action::MovedAway { on, .. } if *on == side => false,
+        Action::Copy { from } => it.side(*from).is_some() || it.side(side).is_some(),
+        Action::Move { .. } => true,
+        Action::Forget => false,
+        _ => it.side(side).is_some(),
+    }
+}

@@ -1,0 +1,644 @@
+//! A replica that is a folder on this machine (a disk, a mounted drive, a cloud-drive
+//! folder). The remote agent runs this same code on its side.
+
+use super::{io_err, Probe, Replica, ReplicaError, Result, Scan, ScanOptions, Staged, VersionPath};
+use crate::entry::{Entry, Hash, Kind, StatId};
+use crate::path::RelPath;
+use crate::rules::Rules;
+use crate::store::Cached;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Name of the per-replica metadata folder, always ignored by scans.
+pub const META_DIR: &str = ".fedsync";
+
+/// Files whose mtime is this close to the scan time are re-hashed next time: a write in the
+/// same timestamp tick would not change size or mtime (the "racily clean" problem).
+const RACY_NS: i64 = 2_000_000_000;
+
+pub struct LocalReplica {
+    root: PathBuf,
+    label: String,
+    /// Directories known to be real (not symlinked) directories, for the parent check.
+    safe_dirs: Mutex<HashSet<String>>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Build an entry from `lstat` metadata (no hash).
+pub fn entry_from_meta(md: &fs::Metadata, link: Option<String>) -> Option<Entry> {
+    let ft = md.file_type();
+    let kind = if ft.is_file() {
+        Kind::File
+    } else if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else {
+        return None; // sockets, fifos, devices: not synced
+    };
+    Some(Entry {
+        kind,
+        size: if kind == Kind::Dir { 0 } else { md.size() },
+        mtime: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        mode: md.mode() & 0o7777,
+        hash: None,
+        link,
+        stat: Some(StatId {
+            dev: md.dev(),
+            ino: md.ino(),
+            ctime: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        }),
+    })
+}
+
+/// Hash a file's content, memory-mapping large files.
+pub fn hash_file(path: &Path) -> io::Result<(Hash, u64)> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut h = blake3::Hasher::new();
+    if len >= 16 * 1024 * 1024 {
+        h.update_mmap_rayon(path)?;
+    } else if len <= 64 * 1024 {
+        let mut buf = Vec::with_capacity(len as usize + 1);
+        f.read_to_end(&mut buf)?;
+        h.update(&buf);
+    } else {
+        h.update_reader(&mut f)?;
+    }
+    Ok((Hash(*h.finalize().as_bytes()), len))
+}
+
+/// Same object, same size and mtime: what the scan cache and the pre-replace re-check trust.
+fn same_stat(a: &Entry, b: &Entry) -> bool {
+    a.kind == b.kind
+        && a.size == b.size
+        && a.mtime == b.mtime
+        && match (a.stat, b.stat) {
+            (Some(x), Some(y)) => x.ino == y.ino && x.ctime == y.ctime && x.dev == y.dev,
+            _ => true,
+        }
+}
+
+impl LocalReplica {
+    pub fn new(root: PathBuf, label: String) -> LocalReplica {
+        LocalReplica {
+            root,
+            label,
+            safe_dirs: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn abs(&self, p: &RelPath) -> PathBuf {
+        p.to_fs(&self.root)
+    }
+
+    fn meta_dir(&self) -> PathBuf {
+        self.root.join(META_DIR)
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.meta_dir().join("tmp")
+    }
+
+    /// Refuse to write below a symlinked directory (SPEC invariant 10).
+    fn check_parents(&self, p: &RelPath) -> Result<()> {
+        for anc in p.ancestors() {
+            if self.safe_dirs.lock().expect("lock").contains(anc) {
+                continue;
+            }
+            let abs = self.root.join(anc);
+            match fs::symlink_metadata(&abs) {
+                Ok(md) if md.file_type().is_symlink() => {
+                    return Err(ReplicaError::SymlinkParent(p.to_string()))
+                }
+                Ok(md) if md.is_dir() => {
+                    self.safe_dirs.lock().expect("lock").insert(anc.to_string());
+                }
+                Ok(_) => {
+                    return Err(ReplicaError::Io {
+                        path: p.to_string(),
+                        source: io::Error::new(
+                            io::ErrorKind::NotADirectory,
+                            format!("{anc} is not a directory"),
+                        ),
+                    })
+                }
+                Err(e) => return Err(io_err(p)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn lstat(&self, p: &RelPath) -> Result<Option<Entry>> {
+        let abs = self.abs(p);
+        match fs::symlink_metadata(&abs) {
+            Ok(md) => {
+                let link = if md.file_type().is_symlink() {
+                    Some(read_link_str(&abs).map_err(io_err(p))?)
+                } else {
+                    None
+                };
+                Ok(entry_from_meta(&md, link))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(p)(e)),
+        }
+    }
+
+    /// The pre-replace re-check (SPEC invariant 4).
+    fn recheck(&self, p: &RelPath, expect: Option<&Entry>) -> Result<Option<Entry>> {
+        let cur = self.lstat(p)?;
+        let ok = match (&cur, expect) {
+            (None, None) => true,
+            (Some(c), Some(e)) => {
+                if c.kind == Kind::Dir && e.kind == Kind::Dir {
+                    true
+                } else {
+                    same_stat(c, e) && c.link == e.link
+                }
+            }
+            _ => false,
+        };
+        if ok {
+            Ok(cur)
+        } else {
+            Err(ReplicaError::Changed(p.to_string()))
+        }
+    }
+
+    /// Move the current item at `p` into `.fedsync/versions/<run>/<p>` (same filesystem:
+    /// a rename, or a hard link when the caller replaces the name atomically afterwards).
+    fn keep_version(&self, p: &RelPath, run: &str, link_only: bool) -> Result<String> {
+        let mut rel = format!("{META_DIR}/versions/{run}/{}", p.as_str());
+        let mut dest = self.root.join(&rel);
+        let mut n = 1;
+        while fs::symlink_metadata(&dest).is_ok() {
+            rel = format!("{META_DIR}/versions/{run}/{}~{n}", p.as_str());
+            dest = self.root.join(&rel);
+            n += 1;
+        }
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io_err(&rel))?;
+        }
+        let src = self.abs(p);
+        if link_only {
+            // A hard link keeps the old content reachable while the name is replaced in
+            // one atomic rename; filesystems without links fall back to a rename.
+            if fs::hard_link(&src, &dest).is_ok() {
+                return Ok(rel);
+            }
+        }
+        fs::rename(&src, &dest).map_err(io_err(p))?;
+        Ok(rel)
+    }
+
+    fn tmp_path(&self) -> Result<(String, PathBuf)> {
+        let dir = self.tmp_dir();
+        fs::create_dir_all(&dir).map_err(io_err(dir.display()))?;
+        let token = format!("{:016x}", rand::random::<u64>());
+        let p = dir.join(&token);
+        Ok((token, p))
+    }
+
+    fn stat_after(&self, p: &RelPath, hash: Option<Hash>) -> Result<Entry> {
+        let mut e = self
+            .lstat(p)?
+            .ok_or_else(|| ReplicaError::Changed(p.to_string()))?;
+        e.hash = hash;
+        Ok(e)
+    }
+
+    fn walk(
+        &self,
+        dir: &RelPath,
+        rules: &Rules,
+        only: &[RelPath],
+        out: &Mutex<Vec<(RelPath, Entry)>>,
+        errors: &Mutex<Vec<(RelPath, String)>>,
+    ) {
+        let abs = self.abs(dir);
+        let rd = match fs::read_dir(&abs) {
+            Ok(rd) => rd,
+            Err(e) => {
+                errors
+                    .lock()
+                    .expect("lock")
+                    .push((dir.clone(), format!("cannot list directory: {e}")));
+                return;
+            }
+        };
+        let mut local = Vec::new();
+        let mut subdirs = Vec::new();
+        for de in rd {
+            let de = match de {
+                Ok(de) => de,
+                Err(e) => {
+                    errors
+                        .lock()
+                        .expect("lock")
+                        .push((dir.clone(), format!("cannot list directory: {e}")));
+                    return;
+                }
+            };
+            let name = de.file_name();
+            let Some(name) = name.to_str() else {
+                errors.lock().expect("lock").push((
+                    dir.clone(),
+                    format!(
+                        "a name in this directory is not valid UTF-8 ({:?}); it is not synced",
+                        name
+                    ),
+                ));
+                continue;
+            };
+            if dir.is_root() && name == META_DIR {
+                continue;
+            }
+            let Ok(rel) = dir.join(name) else {
+                continue;
+            };
+            let md = match de.metadata() {
+                Ok(md) => md,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    errors.lock().expect("lock").push((rel, e.to_string()));
+                    continue;
+                }
+            };
+            let is_dir = md.is_dir();
+            if rules.is_excluded(&rel, is_dir) {
+                if is_dir && rules.should_descend(&rel) {
+                    subdirs.push(rel);
+                }
+                continue;
+            }
+            if !only.is_empty()
+                && !only
+                    .iter()
+                    .any(|o| rel.starts_with(o) || o.starts_with(&rel))
+            {
+                continue;
+            }
+            let link = if md.file_type().is_symlink() {
+                match read_link_str(&de.path()) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        errors.lock().expect("lock").push((rel, e.to_string()));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let Some(entry) = entry_from_meta(&md, link) else {
+                continue;
+            };
+            if is_dir && rules.should_descend(&rel) {
+                subdirs.push(rel.clone());
+            }
+            local.push((rel, entry));
+        }
+        if !local.is_empty() {
+            out.lock().expect("lock").extend(local);
+        }
+        subdirs
+            .par_iter()
+            .for_each(|d| self.walk(d, rules, only, out, errors));
+    }
+}
+
+fn read_link_str(p: &Path) -> io::Result<String> {
+    let t = fs::read_link(p)?;
+    t.into_os_string().into_string().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "symlink target is not valid UTF-8",
+        )
+    })
+}
+
+impl Replica for LocalReplica {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    fn probe(&self) -> Result<Probe> {
+        match fs::metadata(&self.root) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Ok(Probe::Missing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Missing),
+            Err(e) => return Err(io_err(self.root.display())(e)),
+        }
+        match fs::read_to_string(self.meta_dir().join("id")) {
+            Ok(s) => Ok(Probe::Marked(s.trim().to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let empty = fs::read_dir(&self.root)
+                    .map_err(io_err(self.root.display()))?
+                    .filter_map(|e| e.ok())
+                    .all(|e| e.file_name() == META_DIR);
+                Ok(Probe::Unmarked { empty })
+            }
+            Err(e) => Err(io_err(self.meta_dir().join("id").display())(e)),
+        }
+    }
+
+    fn write_marker(&self, id: &str) -> Result<()> {
+        let md = self.meta_dir();
+        fs::create_dir_all(&md).map_err(io_err(md.display()))?;
+        let tmp = md.join("id.tmp");
+        fs::write(&tmp, format!("{id}\n")).map_err(io_err(tmp.display()))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(tmp.display()))?;
+        fs::rename(&tmp, md.join("id")).map_err(io_err(md.display()))?;
+        Ok(())
+    }
+
+    fn clean_temp(&self) -> Result<usize> {
+        let dir = self.tmp_dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err(dir.display())(e)),
+        };
+        let mut n = 0;
+        for de in rd.flatten() {
+            let p = de.path();
+            let r = if de.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            r.map_err(io_err(p.display()))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn scan(
+        &self,
+        rules: &Rules,
+        cache: &HashMap<String, Cached>,
+        opts: &ScanOptions,
+    ) -> Result<Scan> {
+        let started = now_ns();
+        let out = Mutex::new(Vec::new());
+        let errors = Mutex::new(Vec::new());
+        self.walk(&RelPath::root(), rules, &opts.only, &out, &errors);
+        let mut entries = out.into_inner().expect("lock");
+        let errors = errors.into_inner().expect("lock");
+
+        // Fast check against the cache; hash what changed.
+        let results: Vec<std::result::Result<Option<Cached>, String>> = entries
+            .par_iter_mut()
+            .map(|(p, e)| {
+                if e.kind != Kind::File {
+                    return Ok(None);
+                }
+                let st = e.stat.expect("scanned entries have stat");
+                if !opts.checksum {
+                    if let Some(c) = cache.get(p.as_str()) {
+                        if c.size == e.size && c.mtime == e.mtime && c.stat == st {
+                            e.hash = Some(c.hash);
+                            return Ok(None);
+                        }
+                    }
+                }
+                match hash_file(&self.abs(p)) {
+                    Ok((h, _)) => {
+                        e.hash = Some(h);
+                        Ok(Some(Cached {
+                            size: e.size,
+                            mtime: e.mtime,
+                            stat: st,
+                            hash: h,
+                        }))
+                    }
+                    Err(err) => Err(format!("cannot read: {err}")),
+                }
+            })
+            .collect();
+        let mut scan = Scan {
+            errors,
+            ..Default::default()
+        };
+        for ((p, e), r) in entries.drain(..).zip(results) {
+            match r {
+                Ok(fresh) => {
+                    if let Some(c) = fresh {
+                        scan.hashed_files += 1;
+                        scan.hashed_bytes += c.size;
+                        if c.mtime < started - RACY_NS {
+                            scan.fresh.push((p.clone(), c));
+                        }
+                    }
+                    scan.entries.insert(p, e);
+                }
+                Err(msg) => {
+                    // Keep the entry (so it is never read as deleted) but mark it unreadable.
+                    scan.errors.push((p.clone(), msg));
+                    scan.entries.insert(p, e);
+                }
+            }
+        }
+        Ok(scan)
+    }
+
+    fn entry(&self, path: &RelPath, hash: bool) -> Result<Option<Entry>> {
+        let mut e = self.lstat(path)?;
+        if hash {
+            if let Some(e) = e.as_mut().filter(|e| e.is_file()) {
+                e.hash = Some(hash_file(&self.abs(path)).map_err(io_err(path))?.0);
+            }
+        }
+        Ok(e)
+    }
+
+    fn open(&self, path: &RelPath) -> Result<Box<dyn Read + Send>> {
+        self.check_parents(path)?;
+        let f = File::open(self.abs(path)).map_err(io_err(path))?;
+        Ok(Box::new(f))
+    }
+
+    fn stage_file(&self, src: &dyn Replica, path: &RelPath, meta: &Entry) -> Result<Staged> {
+        let (token, tmp) = self.tmp_path()?;
+        let result = (|| -> Result<Hash> {
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io_err(path))?;
+            match src.local_root() {
+                // Local to local: let the kernel copy (copy_file_range, reflink where the
+                // filesystem shares extents), then hash what landed.
+                Some(root) => {
+                    let mut input = File::open(path.to_fs(root)).map_err(io_err(path))?;
+                    io::copy(&mut input, &mut out).map_err(io_err(path))?;
+                }
+                None => {
+                    let mut input = src.open(path)?;
+                    io::copy(&mut input, &mut out).map_err(io_err(path))?;
+                }
+            }
+            out.set_permissions(fs::Permissions::from_mode(meta.mode))
+                .map_err(io_err(path))?;
+            let mtime = filetime::FileTime::from_unix_time(
+                meta.mtime.div_euclid(1_000_000_000),
+                meta.mtime.rem_euclid(1_000_000_000) as u32,
+            );
+            filetime::set_file_handle_times(&out, None, Some(mtime)).map_err(io_err(path))?;
+            drop(out);
+            let (h, len) = hash_file(&tmp).map_err(io_err(path))?;
+            if Some(h) != meta.hash || len != meta.size {
+                return Err(ReplicaError::HashMismatch(path.to_string()));
+            }
+            Ok(h)
+        })();
+        match result {
+            Ok(h) => Ok(Staged {
+                token,
+                hash: Some(h),
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn stage_symlink(&self, target: &str) -> Result<Staged> {
+        let (token, tmp) = self.tmp_path()?;
+        std::os::unix::fs::symlink(target, &tmp).map_err(io_err(tmp.display()))?;
+        Ok(Staged { token, hash: None })
+    }
+
+    fn discard(&self, staged: Staged) {
+        let _ = fs::remove_file(self.tmp_dir().join(staged.token));
+    }
+
+    fn flush(&self) -> Result<()> {
+        let f = File::open(&self.root).map_err(io_err(self.root.display()))?;
+        rustix::fs::syncfs(&f).map_err(|e| io_err(self.root.display())(e.into()))?;
+        Ok(())
+    }
+
+    fn install(
+        &self,
+        staged: Staged,
+        path: &RelPath,
+        expect: Option<&Entry>,
+        run: &str,
+    ) -> Result<(Entry, VersionPath)> {
+        let tmp = self.tmp_dir().join(&staged.token);
+        let r = (|| {
+            self.check_parents(path)?;
+            let cur = self.recheck(path, expect)?;
+            let version = match &cur {
+                Some(c) if c.is_dir() => {
+                    // A directory replaced by a file or link: it must be empty by now.
+                    fs::remove_dir(self.abs(path))
+                        .map_err(|_| ReplicaError::NotEmpty(path.to_string()))?;
+                    None
+                }
+                Some(_) => Some(self.keep_version(path, run, true)?),
+                None => None,
+            };
+            fs::rename(&tmp, self.abs(path)).map_err(io_err(path))?;
+            Ok((self.stat_after(path, staged.hash)?, version))
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    fn remove(&self, path: &RelPath, expect: &Entry, run: &str) -> Result<VersionPath> {
+        self.check_parents(path)?;
+        self.recheck(path, Some(expect))?;
+        if expect.is_dir() {
+            return match fs::remove_dir(self.abs(path)) {
+                Ok(()) => Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(_) => Err(ReplicaError::NotEmpty(path.to_string())),
+            };
+        }
+        Ok(Some(self.keep_version(path, run, false)?))
+    }
+
+    fn rename(&self, from: &RelPath, to: &RelPath, expect: &Entry) -> Result<Entry> {
+        self.check_parents(from)?;
+        self.check_parents(to)?;
+        self.recheck(from, Some(expect))?;
+        if self.lstat(to)?.is_some() {
+            return Err(ReplicaError::Changed(to.to_string()));
+        }
+        let (f, t) = (self.abs(from), self.abs(to));
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &f,
+            rustix::fs::CWD,
+            &t,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::EXIST => {
+                return Err(ReplicaError::Changed(to.to_string()))
+            }
+            // Filesystems without RENAME_NOREPLACE: we checked `to` is absent just above.
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+                fs::rename(&f, &t).map_err(io_err(to))?
+            }
+            Err(e) => return Err(io_err(to)(e.into())),
+        }
+        self.stat_after(to, expect.hash)
+    }
+
+    fn mkdir(&self, path: &RelPath, mode: u32, expect: Option<&Entry>, run: &str) -> Result<Entry> {
+        self.check_parents(path)?;
+        let cur = self.recheck(path, expect)?;
+        match cur {
+            Some(c) if c.is_dir() => {}
+            Some(_) => {
+                self.keep_version(path, run, false)?;
+                fs::create_dir(self.abs(path)).map_err(io_err(path))?;
+            }
+            None => fs::create_dir(self.abs(path)).map_err(io_err(path))?,
+        }
+        let abs = self.abs(path);
+        fs::set_permissions(&abs, fs::Permissions::from_mode(mode | 0o700))
+            .map_err(io_err(path))?;
+        self.safe_dirs
+            .lock()
+            .expect("lock")
+            .insert(path.as_str().to_string());
+        self.stat_after(path, None)
+    }
+
+    fn set_mode(&self, path: &RelPath, mode: u32, expect: &Entry) -> Result<Entry> {
+        self.check_parents(path)?;
+        self.recheck(path, Some(expect))?;
+        fs::set_permissions(self.abs(path), fs::Permissions::from_mode(mode))
+            .map_err(io_err(path))?;
+        self.stat_after(path, expect.hash)
+    }
+}

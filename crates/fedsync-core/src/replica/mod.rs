@@ -1,0 +1,136 @@
+//! A replica: one copy of the synced tree, behind one trait so the engine never knows
+//! whether it is a local folder or (later) a remote agent.
+
+pub mod local;
+
+use crate::entry::{Entry, Hash};
+use crate::path::RelPath;
+use crate::rules::Rules;
+use crate::store::Cached;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Errors of replica operations. Each names the path; the engine adds the replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: changed since it was scanned; left alone, the next run picks it up")]
+    Changed(String),
+    #[error("{0}: the content read does not match the scanned hash (changed while copying?); nothing replaced")]
+    HashMismatch(String),
+    #[error("{0}: refused: a parent directory is a symlink, fedsync never writes through links")]
+    SymlinkParent(String),
+    #[error("{0}: directory is not empty (it holds files fedsync does not sync); kept")]
+    NotEmpty(String),
+}
+
+impl ReplicaError {
+    /// "Changed under us": a skip to retry next run, not a failure.
+    pub fn is_race(&self) -> bool {
+        matches!(
+            self,
+            ReplicaError::Changed(_) | ReplicaError::HashMismatch(_)
+        )
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ReplicaError>;
+
+pub fn io_err(path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ReplicaError {
+    move |source| ReplicaError::Io {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// What a replica's root looks like before anything is touched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The root does not exist (or is not a directory).
+    Missing,
+    /// The root exists but has no marker.
+    Unmarked { empty: bool },
+    /// The root carries marker `id`.
+    Marked(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ScanOptions {
+    /// Re-hash every file instead of trusting the scan cache.
+    pub checksum: bool,
+    /// Only these subtrees (and their ancestors); empty = the whole tree.
+    pub only: Vec<RelPath>,
+}
+
+/// The result of scanning one replica.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub entries: HashMap<RelPath, Entry>,
+    /// Paths that could not be read, with the reason. Nothing at or below them is trusted.
+    pub errors: Vec<(RelPath, String)>,
+    /// Cache rows to store: files hashed (or confirmed) in this scan.
+    pub fresh: Vec<(RelPath, Cached)>,
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
+}
+
+/// A new file or link written to a temporary name on the target's filesystem, verified.
+#[derive(Debug)]
+pub struct Staged {
+    pub token: String,
+    pub hash: Option<Hash>,
+}
+
+/// Where an overwritten or deleted item went.
+pub type VersionPath = Option<String>;
+
+/// The operations the engine needs from a replica.
+pub trait Replica: Send + Sync {
+    /// How the user wrote it (for messages).
+    fn describe(&self) -> String;
+    /// The root on this machine, when local (enables reflink / copy_file_range).
+    fn local_root(&self) -> Option<&Path>;
+    fn probe(&self) -> Result<Probe>;
+    /// Create the root if needed and write the marker.
+    fn write_marker(&self, id: &str) -> Result<()>;
+    /// Remove stray temporary files left by an interrupted run. Returns how many.
+    fn clean_temp(&self) -> Result<usize>;
+    fn scan(
+        &self,
+        rules: &Rules,
+        cache: &HashMap<String, Cached>,
+        opts: &ScanOptions,
+    ) -> Result<Scan>;
+    /// Current state of one path, hashed (for `why` and re-checks).
+    fn entry(&self, path: &RelPath, hash: bool) -> Result<Option<Entry>>;
+    /// Open a file for reading.
+    fn open(&self, path: &RelPath) -> Result<Box<dyn std::io::Read + Send>>;
+    /// Write `src`'s file at `path` to a temporary name here, with `meta`'s mode and mtime,
+    /// and verify its hash equals `meta.hash`.
+    fn stage_file(&self, src: &dyn Replica, path: &RelPath, meta: &Entry) -> Result<Staged>;
+    fn stage_symlink(&self, target: &str) -> Result<Staged>;
+    fn discard(&self, staged: Staged);
+    /// Make staged data durable (fsync/syncfs) before it is renamed into place.
+    fn flush(&self) -> Result<()>;
+    /// Re-check that `path` still is `expect` (None = absent), keep the current item as a
+    /// version of `run`, and rename the staged item into place. Returns the new state.
+    fn install(
+        &self,
+        staged: Staged,
+        path: &RelPath,
+        expect: Option<&Entry>,
+        run: &str,
+    ) -> Result<(Entry, VersionPath)>;
+    /// Re-check and remove (files/links kept as versions; directories must be empty).
+    fn remove(&self, path: &RelPath, expect: &Entry, run: &str) -> Result<VersionPath>;
+    /// Re-check and rename without replacing anything at `to`.
+    fn rename(&self, from: &RelPath, to: &RelPath, expect: &Entry) -> Result<Entry>;
+    /// Create a directory (replacing `expect` if it is a file or link, kept as a version).
+    fn mkdir(&self, path: &RelPath, mode: u32, expect: Option<&Entry>, run: &str) -> Result<Entry>;
+    fn set_mode(&self, path: &RelPath, mode: u32, expect: &Entry) -> Result<Entry>;
+}

@@ -1,0 +1,269 @@
+use crate::output::{self, Printer};
+use clap::{Args, Parser, Subcommand};
+use fedsync_core::config::{Policy, Profile, ReplicaAddr};
+use fedsync_core::engine::{self, EngineError, Options};
+use fedsync_core::path::RelPath;
+use fedsync_core::Home;
+use std::path::PathBuf;
+
+/// fedsync keeps folders identical across machines and disks, in both directions, and
+/// never loses a version.
+#[derive(Parser, Debug)]
+#[command(name = "fedsync", version, about, long_about = None)]
+pub struct Cli {
+    /// Where profiles and state live [default: the platform's config and data dirs]
+    #[arg(long, global = true, env = "FEDSYNC_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// More detail (every path and why)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Machine-readable output on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    /// No colors (also NO_COLOR)
+    #[arg(long, global = true)]
+    no_color: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create profile NAME for two or more roots, write their markers, print where it is
+    Init {
+        name: String,
+        #[arg(required = true, num_args = 2..)]
+        roots: Vec<String>,
+        /// Starting ignore list: `code` (build outputs, VCS) or `notes` (editor/OS clutter)
+        #[arg(long)]
+        preset: Option<String>,
+    },
+    /// Reconcile and apply: `fedsync sync NAME` or `fedsync sync DIR_A DIR_B`
+    Sync(SyncArgs),
+    /// What sync would do, per path, with the rule that decided it; changes nothing
+    Plan(SyncArgs),
+    /// Replicas reachable?, last run, pending changes each way, open conflicts
+    Status { name: Option<String> },
+    /// Base, both current states, the rule and the decision for one path
+    Why { name: String, path: String },
+    /// The audit trail
+    Log {
+        name: Option<String>,
+        /// Only this run
+        #[arg(long)]
+        run: Option<String>,
+        /// Only paths matching this glob
+        #[arg(long)]
+        path: Option<String>,
+        /// Only records newer than this (e.g. `2h`, `3d`, or `2026-11-22`)
+        #[arg(long)]
+        since: Option<String>,
+        /// Check the hash chain and report any edited, removed or inserted line
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct SyncArgs {
+    /// A profile name, or two folders to sync without a profile
+    #[arg(required = true, num_args = 1..=2, value_name = "NAME | DIR_A DIR_B")]
+    target: Vec<String>,
+    /// Show what would happen; change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Pass the delete guard (max_delete)
+    #[arg(long)]
+    force: bool,
+    /// Re-hash every file instead of trusting size and mtime
+    #[arg(long)]
+    checksum: bool,
+    /// Conflict policy for this run: keep-both, newest, prefer:REPLICA, ask
+    #[arg(long, value_name = "POLICY")]
+    conflict: Option<Policy>,
+    /// Only these paths (relative to the roots)
+    #[arg(long, num_args = 1..)]
+    paths: Vec<String>,
+    /// Use this profile file instead of $FEDSYNC_HOME/profiles/NAME.toml
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Wait for another run of the same profile instead of failing
+    #[arg(long)]
+    wait: bool,
+}
+
+/// An error with its exit code, printed once at the edge.
+pub struct Fail {
+    pub code: i32,
+    pub msg: String,
+}
+
+impl From<EngineError> for Fail {
+    fn from(e: EngineError) -> Fail {
+        Fail {
+            code: e.exit_code(),
+            msg: e.to_string(),
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Fail {
+    Fail {
+        code: 2,
+        msg: msg.into(),
+    }
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let color = !cli.no_color && std::env::var_os("NO_COLOR").is_none();
+    let p = Printer::new(cli.json, cli.quiet, cli.verbose, color);
+    match run(&cli, &p) {
+        Ok(code) => code,
+        Err(f) => {
+            p.error(&f.msg);
+            f.code
+        }
+    }
+}
+
+fn home(cli: &Cli) -> Result<Home, Fail> {
+    if let Some(h) = &cli.home {
+        return Ok(Home::new(h.clone()));
+    }
+    let dirs = directories::ProjectDirs::from("", "", "fedsync").ok_or_else(|| {
+        usage(
+            "cannot find a home directory for fedsync's state; pass --home DIR or set FEDSYNC_HOME",
+        )
+    })?;
+    Ok(Home::split(
+        dirs.config_dir().to_path_buf(),
+        dirs.data_dir().to_path_buf(),
+    ))
+}
+
+fn load_profile(home: &Home, name: &str, config: Option<&PathBuf>) -> Result<Profile, Fail> {
+    let path = match config {
+        Some(c) => c.clone(),
+        None => home.profile_path(name),
+    };
+    if !path.exists() {
+        return Err(usage(format!(
+            "no profile named {name:?} (looked for {}). Create one with `fedsync init {name} DIR_A DIR_B`, \
+             or sync two folders directly with `fedsync sync DIR_A DIR_B`.",
+            path.display()
+        )));
+    }
+    Profile::load(name, &path).map_err(|e| usage(e.to_string()))
+}
+
+/// `NAME` or `DIR_A DIR_B` -> a profile and whether it is ad hoc.
+fn resolve_target(home: &Home, a: &SyncArgs) -> Result<(Profile, bool), Fail> {
+    match a.target.as_slice() {
+        [name] => Ok((load_profile(home, name, a.config.as_ref())?, false)),
+        [ra, rb] => {
+            let pa = ReplicaAddr::parse(ra).map_err(|e| usage(format!("{ra}: {e}")))?;
+            let pb = ReplicaAddr::parse(rb).map_err(|e| usage(format!("{rb}: {e}")))?;
+            let (pa, pb) =
+                match (pa, pb) {
+                    (ReplicaAddr::Local(x), ReplicaAddr::Local(y)) => {
+                        (engine::canonical_root(&x), engine::canonical_root(&y))
+                    }
+                    _ => return Err(usage(
+                        "ssh:// replicas are not supported by this build yet; sync local folders",
+                    )),
+                };
+            if pa == pb || pa.starts_with(&pb) || pb.starts_with(&pa) {
+                return Err(usage(format!(
+                    "{} and {} overlap; the two roots must be separate folders",
+                    pa.display(),
+                    pb.display()
+                )));
+            }
+            if !pa.is_dir() && !pb.is_dir() {
+                return Err(Fail {
+                    code: 3,
+                    msg: format!(
+                        "neither {} nor {} exists; nothing to sync. Check the paths.",
+                        pa.display(),
+                        pb.display()
+                    ),
+                });
+            }
+            let (sa, sb) = (pa.display().to_string(), pb.display().to_string());
+            let mut prof = Profile::adhoc(
+                ReplicaAddr::Local(pa),
+                ReplicaAddr::Local(pb),
+                sa.clone(),
+                sb.clone(),
+            );
+            prof.name = engine::adhoc_name(&sa, &sb);
+            Ok((prof, true))
+        }
+        _ => Err(usage("give a profile name, or two folders")),
+    }
+}
+
+fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
+    let home = home(cli)?;
+    match &cli.cmd {
+        Cmd::Init {
+            name,
+            roots,
+            preset,
+        } => output::init(&home, p, name, roots, preset.as_deref()),
+        Cmd::Sync(a) | Cmd::Plan(a) => {
+            let plan = matches!(cli.cmd, Cmd::Plan(_));
+            let (profile, adhoc) = resolve_target(&home, a)?;
+            let paths = a
+                .paths
+                .iter()
+                .map(|s| RelPath::new(s.trim_end_matches('/')).map_err(|e| usage(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let opts = Options {
+                dry_run: a.dry_run || plan,
+                force: a.force,
+                checksum: a.checksum,
+                conflict: a.conflict.clone(),
+                paths,
+                wait: a.wait,
+                create_missing: adhoc,
+            };
+            let progress = p.progress();
+            let report = engine::sync(&home, &profile, &opts, &progress)?;
+            drop(progress);
+            p.run_report(&report, plan || a.dry_run);
+            Ok(report.exit_code())
+        }
+        Cmd::Status { name } => output::status(&home, p, name.as_deref()),
+        Cmd::Why { name, path } => {
+            let profile = load_profile(&home, name, None)?;
+            output::why(&home, p, &profile, path)
+        }
+        Cmd::Log {
+            name,
+            run,
+            path,
+            since,
+            verify,
+        } => output::log(
+            &home,
+            p,
+            name.as_deref(),
+            run.as_deref(),
+            path.as_deref(),
+            since.as_deref(),
+            *verify,
+        ),
+    }
+}

@@ -1,0 +1,8 @@
+//! The fedsync command line: parses, calls the engine, prints. No sync logic lives here.
+
+mod cli;
+mod output;
+
+fn main() {
+    std::process::exit(cli::main());
+}

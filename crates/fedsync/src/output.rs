@@ -1,0 +1,696 @@
+//! Human and JSON output, progress bars, and the read-only commands' printing.
+
+use crate::cli::Fail;
+use fedsync_core::audit;
+use fedsync_core::config::{Profile, ReplicaAddr};
+use fedsync_core::engine::{self, Outcome, PairStatus, Progress, RunReport};
+use fedsync_core::entry::Entry;
+use fedsync_core::inspect;
+use fedsync_core::replica::local::LocalReplica;
+use fedsync_core::replica::{Probe, Replica};
+use fedsync_core::Home;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub struct Printer {
+    pub json: bool,
+    pub quiet: bool,
+    pub verbose: u8,
+    pub color: bool,
+}
+
+fn human_bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < U.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn fmt_time(ns: i64) -> String {
+    chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| ns.to_string())
+}
+
+fn describe_entry(e: &Option<Entry>) -> String {
+    match e {
+        None => "absent".into(),
+        Some(e) => match e.kind {
+            fedsync_core::entry::Kind::Dir => format!("directory, mode {:o}", e.mode),
+            fedsync_core::entry::Kind::Symlink => {
+                format!("symlink -> {}", e.link.as_deref().unwrap_or(""))
+            }
+            fedsync_core::entry::Kind::File => format!(
+                "file, {}, mode {:o}, modified {}, blake3 {}",
+                human_bytes(e.size),
+                e.mode,
+                fmt_time(e.mtime),
+                e.hash.map(|h| h.short()).unwrap_or_else(|| "?".into())
+            ),
+        },
+    }
+}
+
+/// Progress on stderr, only on a terminal and only for work longer than a moment.
+pub struct Bars {
+    bar: Mutex<Option<ProgressBar>>,
+    enabled: bool,
+}
+
+impl Progress for Bars {
+    fn scanning(&self, what: &str) {
+        if !self.enabled {
+            return;
+        }
+        let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} scanning {msg} ({elapsed})").expect("style"),
+        );
+        pb.set_message(what.to_string());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        if let Some(old) = self.bar.lock().expect("lock").replace(pb) {
+            old.finish_and_clear();
+        }
+    }
+    fn applying(&self, items: u64, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
+        let pb = ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr());
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg} eta {eta}",
+            )
+            .expect("style"),
+        );
+        pb.set_message(format!("{items} changes"));
+        if let Some(old) = self.bar.lock().expect("lock").replace(pb) {
+            old.finish_and_clear();
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(pb) = self.bar.lock().expect("lock").as_ref() {
+            pb.inc(bytes);
+        }
+    }
+    fn finished(&self) {
+        if let Some(pb) = self.bar.lock().expect("lock").take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        self.finished();
+    }
+}
+
+impl Printer {
+    pub fn new(json: bool, quiet: bool, verbose: u8, color: bool) -> Printer {
+        Printer {
+            json,
+            quiet,
+            verbose,
+            color: color && std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn progress(&self) -> Bars {
+        Bars {
+            bar: Mutex::new(None),
+            enabled: !self.quiet && !self.json && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+
+    pub fn error(&self, msg: &str) {
+        eprintln!("{} {msg}", self.paint("1;31", "error:"));
+    }
+
+    pub fn warn(&self, msg: &str) {
+        eprintln!("{} {msg}", self.paint("1;33", "warning:"));
+    }
+
+    fn json_out<T: serde::Serialize>(&self, v: &T) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    }
+
+    pub fn run_report(&self, r: &RunReport, plan: bool) {
+        for w in &r.warnings {
+            self.warn(w);
+        }
+        if self.json {
+            self.json_out(r);
+            return;
+        }
+        for p in &r.pairs {
+            if let Some(m) = &p.message {
+                match p.status {
+                    PairStatus::Skipped => self.warn(m),
+                    PairStatus::Refused | PairStatus::Failed => {
+                        self.error(&format!("{} <-> {}: {m}", p.a, p.b))
+                    }
+                    _ => {}
+                }
+            }
+            let show_items = plan || self.verbose > 0 || p.status == PairStatus::Refused;
+            for it in &p.items {
+                let problem = matches!(
+                    it.outcome,
+                    Outcome::Skipped(_) | Outcome::Failed(_) | Outcome::Conflict(_)
+                );
+                if !(show_items || problem) || self.quiet && !problem {
+                    continue;
+                }
+                let target = it.target.as_deref().unwrap_or("-");
+                let state = match &it.outcome {
+                    Outcome::Planned | Outcome::Done => String::new(),
+                    Outcome::Skipped(r) => format!("  [skipped: {r}]"),
+                    Outcome::Failed(r) => format!("  [FAILED: {r}]"),
+                    Outcome::Conflict(_) => "  [conflict: run `fedsync resolve` to settle]".into(),
+                };
+                let action = if it.conflict {
+                    self.paint("1;35", &format!("{:<10}", it.action))
+                } else {
+                    format!("{:<10}", it.action)
+                };
+                let rule = if plan || self.verbose > 1 {
+                    format!("  ({})", it.rule)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {action} {target:<8} {}  — {}{rule}{state}",
+                    it.path, it.why
+                );
+            }
+            if self.quiet {
+                continue;
+            }
+            let c = &p.counts;
+            let mut parts = Vec::new();
+            if c.to_b > 0 {
+                parts.push(format!(
+                    "{} -> {} ({})",
+                    c.to_b,
+                    p.b,
+                    human_bytes(c.bytes_to_b)
+                ));
+            }
+            if c.to_a > 0 {
+                parts.push(format!(
+                    "{} -> {} ({})",
+                    c.to_a,
+                    p.a,
+                    human_bytes(c.bytes_to_a)
+                ));
+            }
+            if c.deleted_b > 0 {
+                parts.push(format!("{} deleted on {}", c.deleted_b, p.b));
+            }
+            if c.deleted_a > 0 {
+                parts.push(format!("{} deleted on {}", c.deleted_a, p.a));
+            }
+            if c.moved > 0 {
+                parts.push(format!("{} moved", c.moved));
+            }
+            if c.conflicts > 0 {
+                parts.push(self.paint("1;35", &format!("{} conflicts", c.conflicts)));
+            }
+            if c.skipped > 0 {
+                parts.push(self.paint("1;33", &format!("{} skipped", c.skipped)));
+            }
+            if c.failed > 0 {
+                parts.push(self.paint("1;31", &format!("{} failed", c.failed)));
+            }
+            let head = format!("{} <-> {}", p.a, p.b);
+            match p.status {
+                PairStatus::Skipped => println!("{head}: skipped"),
+                PairStatus::Refused => println!("{head}: refused, nothing done"),
+                PairStatus::Failed => println!("{head}: failed"),
+                _ if parts.is_empty() => println!(
+                    "{head}: in sync, nothing to do ({} + {} entries checked)",
+                    p.scanned[0], p.scanned[1]
+                ),
+                _ => println!(
+                    "{head}: {}{}",
+                    if plan { "would sync " } else { "" },
+                    parts.join(", ")
+                ),
+            }
+        }
+        if !self.quiet {
+            let verb = if plan { "planned" } else { "done" };
+            println!(
+                "{verb} in {:.2} s (run {}{})",
+                r.elapsed_ms as f64 / 1000.0,
+                r.run,
+                if plan { ", nothing changed" } else { "" }
+            );
+        }
+    }
+}
+
+const PRESET_CODE: &[&str] = &[
+    ".git/",
+    "node_modules/",
+    "target/",
+    "__pycache__/",
+    "*.pyc",
+    ".venv/",
+    "dist/",
+    "build/",
+    ".DS_Store",
+];
+const PRESET_NOTES: &[&str] = &[
+    ".DS_Store",
+    "Thumbs.db",
+    "*.swp",
+    "*~",
+    ".~lock.*#",
+    ".obsidian/workspace*",
+];
+
+pub fn init(
+    home: &Home,
+    p: &Printer,
+    name: &str,
+    roots: &[String],
+    preset: Option<&str>,
+) -> Result<i32, Fail> {
+    let bad = |m: String| Fail { code: 2, msg: m };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(bad(format!(
+            "profile name {name:?}: use letters, digits, '-' and '_' only"
+        )));
+    }
+    let path = home.profile_path(name);
+    if path.exists() {
+        return Err(bad(format!(
+            "profile {name} already exists at {}; edit it, or pick another name",
+            path.display()
+        )));
+    }
+    let ignore: &[&str] = match preset {
+        None => &[],
+        Some("code") => PRESET_CODE,
+        Some("notes") => PRESET_NOTES,
+        Some(o) => return Err(bad(format!("unknown preset {o:?}; use `code` or `notes`"))),
+    };
+    let mut named: Vec<(String, String)> = Vec::new();
+    for r in roots {
+        let addr = ReplicaAddr::parse(r).map_err(|e| bad(format!("{r}: {e}")))?;
+        let base = match &addr {
+            ReplicaAddr::Local(pb) => pb
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "root".into()),
+            ReplicaAddr::Ssh { host, .. } => host.clone(),
+        };
+        let mut nm: String = base
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if nm.is_empty() {
+            nm = "replica".into();
+        }
+        let stem = nm.clone();
+        let mut k = 2;
+        while named.iter().any(|(n, _)| *n == nm) {
+            nm = format!("{stem}-{k}");
+            k += 1;
+        }
+        let root = match &addr {
+            ReplicaAddr::Local(pb) => engine::canonical_root(pb).display().to_string(),
+            _ => r.clone(),
+        };
+        named.push((nm, root));
+    }
+    // Markers: each local root gets its id now (created if missing).
+    for (nm, root) in &named {
+        if let Ok(ReplicaAddr::Local(pb)) = ReplicaAddr::parse(root) {
+            let rep = LocalReplica::new(pb.clone(), root.clone());
+            match rep.probe() {
+                Ok(Probe::Marked(_)) => {}
+                Ok(_) => rep
+                    .write_marker(&engine::new_replica_id())
+                    .map_err(|e| Fail {
+                        code: 3,
+                        msg: format!("replica {nm}: cannot write marker in {root}: {e}"),
+                    })?,
+                Err(e) => {
+                    return Err(Fail {
+                        code: 3,
+                        msg: format!("replica {nm}: {e}"),
+                    })
+                }
+            }
+        }
+    }
+    let mut text = Profile::render_init(&named);
+    if !ignore.is_empty() {
+        let list = ignore
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        text = text.replacen("\n[", &format!("ignore = [{list}]\n\n["), 1);
+        if !text.contains("ignore = [") {
+            text = format!("ignore = [{list}]\n{text}");
+        }
+    }
+    Profile::parse(name, &text, "generated profile").map_err(|e| Fail {
+        code: 3,
+        msg: format!("internal error: generated profile does not parse: {e}"),
+    })?;
+    std::fs::create_dir_all(home.profiles_dir()).map_err(|e| Fail {
+        code: 3,
+        msg: format!("cannot create {}: {e}", home.profiles_dir().display()),
+    })?;
+    std::fs::write(&path, &text).map_err(|e| Fail {
+        code: 3,
+        msg: format!("cannot write {}: {e}", path.display()),
+    })?;
+    if p.json {
+        p.json_out(&serde_json::json!({"profile": name, "path": path, "replicas": named}));
+    } else if !p.quiet {
+        println!("created profile {name}: {}", path.display());
+        for (nm, root) in &named {
+            println!("  {nm:<12} {root}");
+        }
+        println!(
+            "next: `fedsync plan {name}` to see what would happen, `fedsync sync {name}` to do it"
+        );
+    }
+    Ok(0)
+}
+
+fn profiles(home: &Home) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(home.profiles_dir())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".toml").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn status(home: &Home, p: &Printer, name: Option<&str>) -> Result<i32, Fail> {
+    let names = match name {
+        Some(n) => vec![n.to_string()],
+        None => profiles(home),
+    };
+    if names.is_empty() {
+        if p.json {
+            p.json_out(&serde_json::json!([]));
+        } else {
+            println!(
+                "no profiles in {}. Create one with `fedsync init NAME DIR_A DIR_B`.",
+                home.profiles_dir().display()
+            );
+        }
+        return Ok(0);
+    }
+    let mut reports = Vec::new();
+    let mut code = 0;
+    for n in &names {
+        let prof = Profile::load(n, &home.profile_path(n)).map_err(|e| Fail {
+            code: 2,
+            msg: e.to_string(),
+        })?;
+        let r = inspect::status(home, &prof)?;
+        if r.health == "degraded" || r.health == "failing" {
+            code = 3;
+        } else if r.health == "conflicts" && code == 0 {
+            code = 1;
+        }
+        reports.push(r);
+    }
+    if p.json {
+        if name.is_some() {
+            p.json_out(&reports[0]);
+        } else {
+            p.json_out(&reports);
+        }
+        return Ok(code);
+    }
+    for r in &reports {
+        println!("profile {}: {}", r.profile, p.paint("1", &r.health));
+        for rep in &r.replicas {
+            println!(
+                "  {:<12} {:<12} {}{}",
+                rep.name,
+                rep.state,
+                rep.root,
+                rep.message
+                    .as_ref()
+                    .map(|m| format!("\n               {m}"))
+                    .unwrap_or_default()
+            );
+        }
+        match r.last_runs.first() {
+            Some(run) => println!(
+                "  last run     {} {} ({})",
+                run.id,
+                run.status,
+                run.finished.as_deref().unwrap_or("not finished")
+            ),
+            None => println!("  last run     never"),
+        }
+        for pp in &r.pending {
+            let c = &pp.counts;
+            if let Some(m) = &pp.message {
+                println!("  {} <-> {}: {}", pp.a, pp.b, m);
+            } else if pp.changes == 0 {
+                println!("  {} <-> {}: in sync", pp.a, pp.b);
+            } else {
+                println!(
+                    "  {} <-> {}: pending {} -> {}, {} -> {}, {} deletions, {} conflicts",
+                    pp.a,
+                    pp.b,
+                    c.to_b,
+                    pp.b,
+                    c.to_a,
+                    pp.a,
+                    c.deleted_a + c.deleted_b,
+                    c.conflicts
+                );
+            }
+        }
+        if !r.conflicts.is_empty() {
+            println!("  open conflicts ({}):", r.conflicts.len());
+            for c in &r.conflicts {
+                println!("    {}  — {}", c.path, c.reason);
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub fn why(home: &Home, p: &Printer, profile: &Profile, path: &str) -> Result<i32, Fail> {
+    let pairs = inspect::why(home, profile, path)?;
+    if p.json {
+        p.json_out(&pairs);
+        return Ok(0);
+    }
+    for w in &pairs {
+        println!("{path} in {} <-> {}", w.a, w.b);
+        if let Some(m) = &w.unavailable {
+            println!("  unavailable: {m}");
+            continue;
+        }
+        println!("  base        {}", describe_entry(&w.base));
+        println!(
+            "  {:<11} {} ({})",
+            w.a,
+            describe_entry(&w.side_a),
+            w.change_a
+                .map(|c| format!("{c:?}").to_lowercase())
+                .unwrap_or_default()
+        );
+        println!(
+            "  {:<11} {} ({})",
+            w.b,
+            describe_entry(&w.side_b),
+            w.change_b
+                .map(|c| format!("{c:?}").to_lowercase())
+                .unwrap_or_default()
+        );
+        println!("  rule        {} (conflict policy {})", w.rule, w.policy);
+        if let Some(d) = &w.direction {
+            println!("  direction   {d}");
+        }
+        if w.excluded {
+            println!("  decision    excluded by the profile's paths/ignore: never synced");
+        } else if let Some(d) = &w.decision {
+            println!("  decision    {}: {}", d.action.name(), d.why);
+        }
+    }
+    Ok(0)
+}
+
+fn parse_since(s: &str) -> Result<String, Fail> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        let t = chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default();
+        return Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(format!("{d}T00:00:00.000Z"));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t
+            .with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    }
+    Err(Fail {
+        code: 2,
+        msg: format!("--since {s:?}: give a duration (2h, 3d) or a date (2026-11-22)"),
+    })
+}
+
+pub fn log(
+    home: &Home,
+    p: &Printer,
+    name: Option<&str>,
+    run: Option<&str>,
+    path: Option<&str>,
+    since: Option<&str>,
+    verify: bool,
+) -> Result<i32, Fail> {
+    let names = match name {
+        Some(n) => vec![n.to_string()],
+        None => profiles(home),
+    };
+    let glob = match path {
+        Some(g) => Some(
+            globset::Glob::new(g)
+                .map_err(|e| Fail {
+                    code: 2,
+                    msg: format!("--path {g:?}: {e}"),
+                })?
+                .compile_matcher(),
+        ),
+        None => None,
+    };
+    let since = since.map(parse_since).transpose()?;
+    let mut all = Vec::new();
+    let mut code = 0;
+    for n in &names {
+        let (recs, breaks) = audit::read(&home.audit_path(n)).map_err(|e| Fail {
+            code: 3,
+            msg: format!("audit trail of {n}: {e}"),
+        })?;
+        if verify {
+            let head = engine::open_store(home, n)?
+                .get_meta("audit_head")
+                .map_err(|e| Fail {
+                    code: 3,
+                    msg: e.to_string(),
+                })?;
+            let mut problems: Vec<String> = breaks
+                .iter()
+                .map(|b| format!("line {}: {}", b.line, b.problem))
+                .collect();
+            if let Some(h) = head {
+                let (_, last) = audit::read_head(&home.audit_path(n)).unwrap_or_default();
+                if last.as_deref() != Some(h.as_str()) {
+                    problems.push(
+                        "the trail does not end where the last run left it (lines were removed from the end)"
+                            .into(),
+                    );
+                }
+            }
+            if problems.is_empty() {
+                if !p.json {
+                    println!("{n}: audit trail intact ({} records)", recs.len());
+                }
+            } else {
+                code = 1;
+                for pr in &problems {
+                    p.error(&format!("{n}: audit trail: {pr}"));
+                }
+            }
+            if p.json {
+                all.push(
+                    serde_json::json!({"profile": n, "records": recs.len(), "problems": problems}),
+                );
+            }
+            continue;
+        }
+        for r in recs {
+            if run.is_some_and(|x| r.run != x) {
+                continue;
+            }
+            if let Some(g) = &glob {
+                if r.path.is_empty() || !g.is_match(&r.path) {
+                    continue;
+                }
+            }
+            if since.as_ref().is_some_and(|s| r.time.as_str() < s.as_str()) {
+                continue;
+            }
+            if p.json {
+                all.push(serde_json::to_value(&r).unwrap_or_default());
+            } else {
+                let mut line = format!("{} {} {:<10}", r.time, r.run, r.action);
+                if !r.replica.is_empty() {
+                    line.push_str(&format!(" {:<8}", r.replica));
+                }
+                if !r.path.is_empty() {
+                    line.push_str(&format!(" {}", r.path));
+                }
+                if let Some(v) = &r.version {
+                    line.push_str(&format!("  [old kept: {v}]"));
+                }
+                if !r.detail.is_empty() && (r.path.is_empty() || p.verbose > 0) {
+                    line.push_str(&format!("  — {}", r.detail));
+                }
+                println!("{line}");
+            }
+        }
+    }
+    if p.json {
+        p.json_out(&all);
+    }
+    Ok(code)
+}
