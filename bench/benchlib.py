@@ -137,10 +137,13 @@ def cmd_gen(a):
         if os.path.lexists(link):
             os.unlink(link)
         os.symlink(rel_target, link)
+        mt = (base_mtime + rng.randrange(0, 3 * 365 * 86400)) * 1_000_000_000
+        os.utime(link, ns=(mt, mt), follow_symlinks=False)
     # Deterministic directory mtimes, deepest first.
     for d in sorted(dirs, key=lambda s: -s.count("/")):
         mt = (base_mtime + rng.randrange(0, 3 * 365 * 86400)) * 1_000_000_000
         os.utime(os.path.join(root, d), ns=(mt, mt))
+    os.utime(root, ns=(base_mtime * 1_000_000_000,) * 2)
     with open(a.root.rstrip("/") + ".manifest", "w") as f:
         f.write("\n".join(manifest) + "\n")
     info = {"files": files, "dirs": len(dirs), "symlinks": n_links, "bytes": total,
@@ -223,6 +226,22 @@ def cmd_warm(a):
     print("%d entries, %.0f MB read" % (tot_n, tot_b / MiB))
 
 
+# ------------------------------------------------------------------------- probe
+
+def cmd_probe(a):
+    """Create --files small files (4 KiB) in a new directory DIR, print the seconds it took.
+
+    File creation is what crawls after a mass deletion on discard-mounted disks, and the
+    kernel's pressure counters do not show it, so the driver measures it directly."""
+    os.makedirs(a.dir)
+    data = b"p" * 4096
+    t0 = time.perf_counter()
+    for i in range(a.files):
+        with open(os.path.join(a.dir, "p%04d" % i), "wb") as f:
+            f.write(data)
+    print("%.4f" % (time.perf_counter() - t0))
+
+
 # ------------------------------------------------------------------------ report
 
 TARGETS = [
@@ -250,7 +269,9 @@ def cmd_report(a):
             samples.append({"scenario": row["scenario"], "tool": row["tool"],
                             "rep": int(row["rep"]), "wall_s": float(row["wall_s"]),
                             "time_e_s": float(row["time_e_s"]), "rss_kb": int(row["rss_kb"]),
-                            "rc": int(row["rc"])})
+                            "rc": int(row["rc"]),
+                            "io_stall_pct": int(row.get("io_stall_pct") or 0),
+                            "cpu_stall_pct": int(row.get("cpu_stall_pct") or 0)})
     groups = {}
     for s in samples:
         groups.setdefault((s["scenario"], s["tool"]), []).append(s)
@@ -262,6 +283,8 @@ def cmd_report(a):
             "n": len(ss), "median_s": statistics.median(walls), "min_s": min(walls),
             "max_s": max(walls), "median_rss_mb": statistics.median(rsss) / 1024,
             "max_rss_mb": max(rsss) / 1024,
+            "max_io_stall_pct": max(s["io_stall_pct"] for s in ss),
+            "max_cpu_stall_pct": max(s["cpu_stall_pct"] for s in ss),
         }
 
     def get(scen, tool, metric):
@@ -280,18 +303,31 @@ def cmd_report(a):
     p("page cache: source read in full + all trees of the round stat'ed before every "
       "scenario round; `sync` before every timed command%s"
       % ("; the timed command includes a trailing `sync` (FLUSH=1)" if meta.get("flush") else ""))
+    if meta.get("settle"):
+        p("settle: before every scenario round, waited (<= %ss) until creating 500 files took "
+          "<= %ss twice in a row" % (meta["settle"], meta.get("probe_max")))
     p("")
-    p("%-15s %-8s %10s %10s %10s %12s %4s" % ("scenario", "tool", "median s", "min s", "max s",
-                                               "peak RSS MB", "n"))
-    p("-" * 75)
+    p("%-15s %-8s %10s %10s %10s %12s %4s %5s %5s" % (
+        "scenario", "tool", "median s", "min s", "max s", "peak RSS MB", "n", "io%", "cpu%"))
+    p("-" * 87)
     for scen in SCEN_ORDER:
         for tool in TOOL_ORDER:
             v = summary.get(scen, {}).get(tool)
             if not v:
                 continue
-            p("%-15s %-8s %10.3f %10.3f %10.3f %12.1f %4d" % (
+            p("%-15s %-8s %10.3f %10.3f %10.3f %12.1f %4d %5d %5d" % (
                 SCEN_LABEL[scen], tool, v["median_s"], v["min_s"], v["max_s"],
-                v["median_rss_mb"], v["n"]))
+                v["median_rss_mb"], v["n"], v["max_io_stall_pct"], v["max_cpu_stall_pct"]))
+    p("(peak RSS: median over repeats of the largest single process, as /usr/bin/time %M reports;")
+    p(" io%/cpu%: worst share of a run's wall time during which some task on the machine stalled")
+    p(" on disk/CPU (/proc/pressure). The tool's own waits count too (fsync, more threads than")
+    p(" cores), so compare a tool with itself across repeats; a spike in one repeat, or high")
+    p(" values for cp/rsync, mean another process competed for the machine.)")
+    noisy = [s for s in samples if s["tool"] in ("cp", "rsync") and
+             (s["io_stall_pct"] >= 20 or s["cpu_stall_pct"] >= 20)]
+    if noisy:
+        p("NOTE: %d cp/rsync runs had io%% or cpu%% >= 20: something else was busy on this "
+          "machine; rerun when it is idle before quoting ratios." % len(noisy))
     p("")
     p("SPEC section 9 targets (ratios of medians; quote these, not absolute times):")
     ratios = []
@@ -360,13 +396,17 @@ def main():
     w = sub.add_parser("warm")
     w.add_argument("--data", action="append")
     w.add_argument("--meta", action="append")
+    pr = sub.add_parser("probe")
+    pr.add_argument("dir")
+    pr.add_argument("--files", type=int, default=500)
     r = sub.add_parser("report")
     r.add_argument("samples")
     r.add_argument("--meta", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--table")
     a = ap.parse_args()
-    {"gen": cmd_gen, "mutate": cmd_mutate, "warm": cmd_warm, "report": cmd_report}[a.cmd](a)
+    {"gen": cmd_gen, "mutate": cmd_mutate, "warm": cmd_warm, "probe": cmd_probe,
+     "report": cmd_report}[a.cmd](a)
 
 
 if __name__ == "__main__":

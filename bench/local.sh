@@ -7,7 +7,8 @@
 #   bash bench/local.sh clean      delete leftover run directories under $BENCH_DIR/runs
 #   bash bench/local.sh clean-all  also delete the generated trees (results are kept)
 #
-# Knobs (environment): FILES MB SEED REPEAT CHANGED TOOLS FEDSYNC BENCH_DIR KEEP FLUSH VERIFY.
+# Knobs (environment): FILES MB SEED REPEAT CHANGED TOOLS FEDSYNC BENCH_DIR KEEP FLUSH VERIFY
+# SETTLE PROBE_MAX.
 # See bench/README.md.
 set -euo pipefail
 export LC_ALL=C
@@ -27,6 +28,8 @@ FEDSYNC=${FEDSYNC:-$REPO/target/release/fedsync}
 KEEP=${KEEP:-0}
 FLUSH=${FLUSH:-0}
 VERIFY=${VERIFY:-checksum}
+SETTLE=${SETTLE:-120}
+PROBE_MAX=${PROBE_MAX:-0.25}
 GEN_VERSION=1
 
 say() { printf '%s\n' "$*"; }
@@ -47,9 +50,10 @@ case "$MODE" in
     *) die "unknown mode '$MODE' (expected: run, gen, clean, clean-all)" ;;
 esac
 
-for v in FILES MB SEED REPEAT CHANGED; do
+for v in FILES MB SEED REPEAT CHANGED SETTLE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
+[[ $PROBE_MAX =~ ^[0-9]*\.?[0-9]+$ ]] || die "PROBE_MAX must be a number of seconds (got '$PROBE_MAX')"
 if [ "$FILES" -lt 1 ] || [ "$MB" -lt 1 ] || [ "$REPEAT" -lt 1 ]; then
     die "FILES, MB and REPEAT must be >= 1"
 fi
@@ -106,7 +110,7 @@ fi
 # ------------------------------------------------------------------ the tree
 # One directory per parameter set, so changing FILES/MB/SEED never deletes a tree (mass
 # deletions make file creation crawl on these machines for a while).
-TREE="$BENCH_DIR/tree-f$FILES-m$MB-s$SEED"
+TREE="$BENCH_DIR/tree-f$FILES-m$MB-s$SEED-g$GEN_VERSION"
 SRC="$TREE/src"            # what cp, rsync, unison and rclone sync from
 SRC_F="$TREE/src-fedsync"  # fedsync's source: a hard-linked twin of SRC (same inodes, same
                            # bytes, same page cache), so fedsync's .fedsync/ marker never
@@ -125,8 +129,13 @@ else
     t0=$EPOCHREALTIME
     info=$(python3 "$LIB" gen "$SRC" --files "$FILES" --mb "$MB" --seed "$SEED" --progress) \
         || die "tree generation failed"
-    # Hard-linked twin for fedsync. rsync --link-dest is idempotent over a half-made twin.
-    rsync -a --link-dest="$SRC/" "$SRC/" "$SRC_F/" || die "making the hard-linked twin failed"
+    # Hard-linked twin for fedsync: cp -al when new; rsync --link-dest completes a half-made
+    # one (an interrupted earlier generation) without deleting anything.
+    if [ ! -e "$SRC_F" ]; then
+        cp -al "$SRC" "$SRC_F" || die "making the hard-linked twin failed"
+    else
+        rsync -a --link-dest="$SRC/" "$SRC/" "$SRC_F/" || die "making the hard-linked twin failed"
+    fi
     printf '%s\n%s\n' "$WANT_STAMP" "$info" >"$STAMP"
     t1=$EPOCHREALTIME
     us=$(( ${t1/./} - ${t0/./} ))
@@ -152,16 +161,66 @@ DATE=$(date +%Y%m%d-%H%M%S)
 RUN="$BENCH_DIR/runs/$DATE-$$"
 mkdir -p "$RUN/logs"
 SAMPLES="$RUN/samples.tsv"
-printf 'scenario\ttool\trep\twall_s\ttime_e_s\trss_kb\trc\n' >"$SAMPLES"
+printf 'scenario\ttool\trep\twall_s\ttime_e_s\trss_kb\trc\tio_stall_pct\tcpu_stall_pct\n' >"$SAMPLES"
 RESULT_JSON="$BENCH_DIR/results/local-$DATE.json"
 RESULT_TXT="$BENCH_DIR/results/local-$DATE.txt"
 
+# Snapshot the binary: a rebuild during the run must not swap versions between repetitions.
+if has_tool fedsync; then
+    mkdir -p "$RUN/bin"
+    cp "$FEDSYNC" "$RUN/bin/fedsync"
+    FEDSYNC_ORIG=$FEDSYNC
+    FEDSYNC="$RUN/bin/fedsync"
+    FEDSYNC_SHA=$(sha256sum "$FEDSYNC" | cut -c1-16)
+    say "bench: fedsync: $FEDSYNC_ORIG ($("$FEDSYNC" --version 2>/dev/null | head -n1 || echo '?'), sha256 $FEDSYNC_SHA...), copied into the run directory"
+fi
 say "bench: run directory $RUN"
 say "bench: tools: ${TOOL_LIST[*]}; repeats: $REPEAT (order alternates: ABBA); verify: $VERIFY"
 
 # ------------------------------------------------------------------ helpers
 dst_of() { printf '%s/r%s/%s' "$RUN" "$2" "$1"; }   # tool rep
 src_of() { if [ "$1" = fedsync ]; then printf '%s' "$SRC_F"; else printf '%s' "$SRC"; fi; }
+
+# Pressure stall information: microseconds some task waited on disk (io) or CPU (cpu).
+psi_total() { # io|cpu
+    if [ -r "/proc/pressure/$1" ]; then
+        awk '/^some/ { sub("total=", "", $5); print $5 }' "/proc/pressure/$1"
+    else
+        echo 0
+    fi
+}
+
+# On these machines (ext4 mounted with online discard) a mass deletion -- ours at the end of
+# a previous run, a build's, anyone's -- makes file creation crawl for up to a minute, and the
+# kernel's pressure counters do not show it. So before every scenario round, probe: create
+# 500 small files; wait (at most SETTLE seconds) until two probes in a row take at most
+# PROBE_MAX seconds. The probes live in the run directory and go with it.
+settle() { # rep scenario
+    [ "$SETTLE" -gt 0 ] || return 0
+    local rep=$1 scen=$2 start=$SECONDS n=0 good=0 t told=0
+    mkdir -p "$RUN/probe"
+    while :; do
+        n=$((n + 1))
+        t=$(python3 "$LIB" probe "$RUN/probe/r$rep-$scen-$n" --files 500) || die "the file-creation probe failed"
+        printf '%s\t%s\t%s\t%s\n' "$rep" "$scen" "$n" "$t" >>"$RUN/logs/probes.tsv"
+        if awk -v t="$t" -v m="$PROBE_MAX" 'BEGIN { exit !(t <= m) }'; then
+            good=$((good + 1))
+        else
+            good=0
+            if [ "$told" = 0 ]; then
+                say "  [rep $rep/$REPEAT] waiting for the disk to settle before '$scen': creating 500 files took ${t}s (want <= ${PROBE_MAX}s; SETTLE=$SETTLE s max)"
+                told=1
+            fi
+        fi
+        [ "$good" -ge 2 ] && break
+        if [ $((SECONDS - start)) -ge "$SETTLE" ]; then
+            say "  [rep $rep/$REPEAT] WARNING: file creation still slow after ${SETTLE}s (last probe ${t}s); timing anyway -- these numbers are suspect"
+            return 0
+        fi
+        [ "$good" -ge 1 ] || sleep 1
+    done
+    [ "$told" = 0 ] || say "  [rep $rep/$REPEAT] disk settled after $((SECONDS - start))s (last probe ${t}s)"
+}
 
 # The command line of TOOL for repetition REP, into the array CMD.
 tool_cmd() { # tool rep
@@ -181,11 +240,12 @@ tool_cmd() { # tool rep
 
 # timed SCENARIO TOOL REP: run the tool's command under /usr/bin/time, record a sample.
 timed() {
-    local scen=$1 tool=$2 rep=$3 rc=0 t0 t1 us wall e rss last
+    local scen=$1 tool=$2 rep=$3 rc=0 t0 t1 us wall e rss last io0 io1 cpu0 cpu1 iop cpup
     local log="$RUN/logs/$scen-$tool-r$rep.log" tf="$RUN/logs/$scen-$tool-r$rep.time"
     tool_cmd "$tool" "$rep"
     printf '%s\n' "${CMD[*]}" >"$log.cmd"
     sync  # flush the previous command's dirty pages outside any timing
+    io0=$(psi_total io); cpu0=$(psi_total cpu)
     t0=$EPOCHREALTIME
     if [ "$FLUSH" = 1 ]; then
         /usr/bin/time -f '%e %M' -o "$tf" bash -c '"$@" && sync' flush "${CMD[@]}" >"$log" 2>&1 || rc=$?
@@ -193,14 +253,18 @@ timed() {
         /usr/bin/time -f '%e %M' -o "$tf" "${CMD[@]}" >"$log" 2>&1 || rc=$?
     fi
     t1=$EPOCHREALTIME
+    io1=$(psi_total io); cpu1=$(psi_total cpu)
     us=$(( ${t1/./} - ${t0/./} ))
+    [ "$us" -gt 0 ] || us=1
     wall=$(printf '%d.%06d' $((us / 1000000)) $((us % 1000000)))
+    # Share of the wall time during which some task (anyone's) stalled on disk / CPU.
+    iop=$(( (io1 - io0) * 100 / us )); cpup=$(( (cpu1 - cpu0) * 100 / us ))
     last=$(tail -n1 "$tf" 2>/dev/null || true)
     read -r e rss <<<"$last"
     [[ ${e:-} =~ ^[0-9.]+$ ]] || e=0
     [[ ${rss:-} =~ ^[0-9]+$ ]] || rss=0
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$tool" "$rep" "$wall" "$e" "$rss" "$rc" >>"$SAMPLES"
-    printf '  [rep %d/%d] %-10s %-8s %9.3f s %9.1f MB  rc=%d\n' "$rep" "$REPEAT" "$scen" "$tool" "$wall" "$(awk -v k="$rss" 'BEGIN{printf "%.1f", k/1024}')" "$rc"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$tool" "$rep" "$wall" "$e" "$rss" "$rc" "$iop" "$cpup" >>"$SAMPLES"
+    printf '  [rep %d/%d] %-10s %-8s %9.3f s %9.1f MB  io%%=%-3d cpu%%=%-3d rc=%d\n' "$rep" "$REPEAT" "$scen" "$tool" "$wall" "$(awk -v k="$rss" 'BEGIN{printf "%.1f", k/1024}')" "$iop" "$cpup" "$rc"
     if [ "$rc" -ne 0 ]; then
         say "---- last lines of $log:" >&2
         tail -n 30 "$log" >&2 || true
@@ -210,12 +274,13 @@ timed() {
 
 # verify SCENARIO TOOL REP: the tool's replica must match the source (size + mtime of every
 # file, symlink targets, no missing or extra entries; with VERIFY=checksum also every
-# file's content). .fedsync/ and unison temp files are not compared.
+# file's content, after the first sync and after the 100-changed sync -- the no-op check is
+# always the quick one). .fedsync/ and unison temp files are not compared.
 verify() {
     local scen=$1 tool=$2 rep=$3 dst src out flags=(-rlni --delete)
     dst=$(dst_of "$tool" "$rep")
     src=$(src_of "$tool")
-    [ "$VERIFY" = checksum ] && flags+=(--checksum)
+    if [ "$VERIFY" = checksum ] && [ "$scen" != noop ]; then flags+=(--checksum); fi
     out=$(rsync "${flags[@]}" --exclude=/.fedsync/ --exclude='.unison*' "$src/" "$dst/" 2>&1) \
         || die "verification rsync failed for $tool ($scen, rep $rep): $out"
     if [ -n "$out" ]; then
@@ -252,7 +317,7 @@ META="$RUN/meta.json"
 GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "none")
 DATE="$DATE" FILES="$FILES" MB="$MB" SEED="$SEED" REPEAT="$REPEAT" CHANGED="$CHANGED" \
 TOOLS="${TOOL_LIST[*]}" FLUSH="$FLUSH" VERIFY="$VERIFY" TREE="$TREE" TREE_INFO="$TREE_INFO" \
-FEDSYNC_BIN="$FEDSYNC" GIT_REV="$GIT_REV" VERSIONS="$RUN/versions.tsv" RUN_DIR="$RUN" \
+SETTLE="$SETTLE" PROBE_MAX="$PROBE_MAX" FEDSYNC_BIN="${FEDSYNC_ORIG:-}" FEDSYNC_SHA="${FEDSYNC_SHA:-}" GIT_REV="$GIT_REV" VERSIONS="$RUN/versions.tsv" RUN_DIR="$RUN" \
 python3 - "$META" <<'PY' || die "writing meta failed"
 import json, os, platform, sys
 e = os.environ
@@ -272,8 +337,9 @@ except OSError:
 meta = {
     "date": e["DATE"], "files": int(e["FILES"]), "mb": int(e["MB"]), "seed": int(e["SEED"]),
     "repeat": int(e["REPEAT"]), "changed": int(e["CHANGED"]), "tools": e["TOOLS"].split(),
-    "flush": e["FLUSH"] == "1", "verify": e["VERIFY"], "tree_dir": e["TREE"],
-    "tree": json.loads(e["TREE_INFO"]), "fedsync_binary": e["FEDSYNC_BIN"],
+    "flush": e["FLUSH"] == "1", "verify": e["VERIFY"],
+    "settle": int(e["SETTLE"]), "probe_max": float(e["PROBE_MAX"]), "tree_dir": e["TREE"],
+    "tree": json.loads(e["TREE_INFO"]), "fedsync_binary": e["FEDSYNC_BIN"], "fedsync_sha256_prefix": e["FEDSYNC_SHA"],
     "git_rev": e["GIT_REV"], "versions": versions, "run_dir": e["RUN_DIR"],
     "machine": {"kernel": platform.release(), "cpus": os.cpu_count(), "mem_mb": mem_kb // 1024},
 }
@@ -297,6 +363,7 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
 
     # 1. first sync into an empty replica (cp -a needs the target not to exist).
     warm "$rep"
+    settle "$rep" first
     for t in "${order[@]}"; do
         [ "$t" = cp ] || mkdir -p "$(dst_of "$t" "$rep")"
         timed first "$t" "$rep"
@@ -305,6 +372,7 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
 
     # 2. no-op: the same command again on the already-synced pair (cp -a has no such mode).
     warm "$rep"
+    settle "$rep" noop
     for t in "${order[@]}"; do
         [ "$t" = cp ] && continue
         timed noop "$t" "$rep"
@@ -317,6 +385,7 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
         --seed $((SEED * 1000 + rep)) >/dev/null || die "changing $CHANGED files failed"
     say "  [rep $rep/$REPEAT] rewrote $CHANGED files in the source (new content, size +-1..64 bytes, mtime now)"
     warm "$rep"
+    settle "$rep" changed100
     for t in "${order[@]}"; do
         [ "$t" = cp ] && continue
         timed changed100 "$t" "$rep"
@@ -339,6 +408,13 @@ say "bench: table:   $RESULT_TXT   (logs: $BENCH_DIR/results/local-$DATE-logs/)"
 if [ "$KEEP" = 1 ]; then
     say "bench: KEEP=1: replicas left in $RUN (remove later with: BENCH_DIR=$BENCH_DIR bash $0 clean)"
 else
-    say "bench: removing replicas in $RUN (KEEP=1 leaves them; the source tree is kept for reuse)"
-    rm -rf "$RUN"
+    # Deleting ~FILES x tools x REPEAT files takes long on discard-mounted disks; do it in
+    # the background at idle I/O priority. The next run waits for the disk to settle.
+    if command -v setsid >/dev/null 2>&1; then
+        setsid nohup ionice -t -c3 rm -rf "$RUN" >/dev/null 2>&1 </dev/null &
+        say "bench: deleting the replicas in $RUN in the background (pid $!; KEEP=1 leaves them; the source tree is kept for reuse)"
+    else
+        say "bench: deleting the replicas in $RUN (KEEP=1 leaves them; the source tree is kept for reuse)"
+        rm -rf "$RUN"
+    fi
 fi

@@ -15,7 +15,7 @@ use crate::store::{Cached, Store, StoreError};
 use crate::Home;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::Arc;
 use std::time::Instant;
@@ -190,8 +190,22 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+/// Phase timings on stderr when `FEDSYNC_TIMING` is set (for benchmarks and profiling).
+struct Timing(Option<std::cell::Cell<Instant>>);
+
+impl Timing {
+    fn new() -> Timing {
+        Timing(std::env::var_os("FEDSYNC_TIMING").map(|_| std::cell::Cell::new(Instant::now())))
+    }
+    fn mark(&self, what: &str) {
+        if let Some(c) = &self.0 {
+            eprintln!(
+                "timing: {what:<12} {:>8.1} ms",
+                c.get().elapsed().as_secs_f64() * 1e3
+            );
+            c.set(Instant::now());
+        }
+    }
 }
 
 /// A held profile lock; released on drop.
@@ -413,6 +427,7 @@ pub fn sync(
         run: &run,
         stamp: &stamp,
         progress,
+        seq_base: 0,
     };
 
     let n = profile.replicas.len();
@@ -589,14 +604,14 @@ struct Engine<'a> {
     run: &'a str,
     stamp: &'a str,
     progress: &'a dyn Progress,
+    /// Journal sequence numbers already used by earlier pairs of this run.
+    seq_base: usize,
 }
 
 /// A state change to write in the next store batch.
 enum StateOp {
     SetBase(RelPath, Entry),
     RemoveBase(RelPath),
-    SetCache(usize, RelPath, Cached),
-    RemoveCache(usize, RelPath),
     Journal(usize, &'static str),
     Conflict(RelPath, String, Option<Entry>, Option<Entry>),
 }
@@ -608,33 +623,48 @@ fn base_of(e: &Entry) -> Entry {
     }
 }
 
-/// Build the per-path inputs: base ∪ A ∪ B, with unreadable subtrees marked.
+/// Build the per-path inputs: base ∪ A ∪ B (each sorted by path), merged in order, with
+/// unreadable subtrees marked.
 pub fn build_inputs(
     base: Vec<(RelPath, Entry)>,
-    a: HashMap<RelPath, Entry>,
-    b: HashMap<RelPath, Entry>,
+    a: Vec<(RelPath, Entry)>,
+    b: Vec<(RelPath, Entry)>,
     errors: [&[(RelPath, String)]; 2],
     names: [&str; 2],
     only: &[RelPath],
-) -> BTreeMap<RelPath, Input> {
-    let mut inputs: BTreeMap<RelPath, Input> = BTreeMap::new();
-    let blank = || Input {
-        base: None,
-        a: None,
-        b: None,
-        unreadable: None,
-    };
-    for (p, e) in base {
-        inputs.entry(p).or_insert_with(blank).base = Some(e);
-    }
-    for (p, e) in a {
-        inputs.entry(p).or_insert_with(blank).a = Some(e);
-    }
-    for (p, e) in b {
-        inputs.entry(p).or_insert_with(blank).b = Some(e);
-    }
-    if !only.is_empty() {
-        inputs.retain(|p, _| only.iter().any(|o| p.starts_with(o)));
+) -> Vec<(RelPath, Input)> {
+    let mut out: Vec<(RelPath, Input)> = Vec::with_capacity(base.len().max(a.len()).max(b.len()));
+    let mut its = [
+        base.into_iter().peekable(),
+        a.into_iter().peekable(),
+        b.into_iter().peekable(),
+    ];
+    loop {
+        let next = its
+            .iter_mut()
+            .filter_map(|it| it.peek().map(|(p, _)| p))
+            .min()
+            .cloned();
+        let Some(path) = next else { break };
+        let mut slots: [Option<Entry>; 3] = [None, None, None];
+        for (k, it) in its.iter_mut().enumerate() {
+            if it.peek().is_some_and(|(p, _)| *p == path) {
+                slots[k] = it.next().map(|(_, e)| e);
+            }
+        }
+        if !only.is_empty() && !only.iter().any(|o| path.starts_with(o)) {
+            continue;
+        }
+        let [base, a, b] = slots;
+        out.push((
+            path,
+            Input {
+                base,
+                a,
+                b,
+                unreadable: None,
+            },
+        ));
     }
     let errs: [HashMap<&str, &str>; 2] = errors.map(|es| {
         es.iter()
@@ -642,7 +672,7 @@ pub fn build_inputs(
             .collect::<HashMap<_, _>>()
     });
     if errs.iter().any(|e| !e.is_empty()) {
-        for (p, inp) in inputs.iter_mut() {
+        for (p, inp) in out.iter_mut() {
             for (side, es) in errs.iter().enumerate() {
                 if es.is_empty() {
                     continue;
@@ -661,7 +691,7 @@ pub fn build_inputs(
             }
         }
     }
-    inputs
+    out
 }
 
 impl Engine<'_> {
@@ -672,6 +702,7 @@ impl Engine<'_> {
         reps: &[Result<Arc<dyn Replica>, String>],
         avail: &[Avail],
     ) -> Result<PairReport, EngineError> {
+        let timing = Timing::new();
         let (sa, sb) = (&self.profile.replicas[ia], &self.profile.replicas[ib]);
         let names = [sa.name.clone(), sb.name.clone()];
         let (ida, idb) = match (&avail[ia], &avail[ib]) {
@@ -695,13 +726,20 @@ impl Engine<'_> {
         };
         let ra = reps[ia].as_ref().expect("available").clone();
         let rb = reps[ib].as_ref().expect("available").clone();
-        let pair = pair_key(&ida, &idb);
+        let pair_name = pair_key(&ida, &idb);
+        let pair = if self.opts.dry_run {
+            // A plan never writes, not even a new pair id; an unknown pair has no base.
+            self.store.find_pair_id(&pair_name)?.unwrap_or(-1)
+        } else {
+            self.store.pair_id(&pair_name)?
+        };
         let ids = [ida, idb];
 
         // Scan both sides at once.
         let cache_a = self.store.load_cache(&ids[0])?;
         let cache_b = self.store.load_cache(&ids[1])?;
-        let base = self.store.load_base(&pair)?;
+        let base = self.store.load_base(pair)?;
+        timing.mark("load state");
         let sopts = ScanOptions {
             checksum: self.opts.checksum,
             only: self.opts.paths.clone(),
@@ -714,6 +752,7 @@ impl Engine<'_> {
             || rb.scan(rules, &cache_b, &sopts),
         );
         drop((cache_a, cache_b));
+        timing.mark("scan");
         let (mut scan_a, mut scan_b) = match (scan_a, scan_b) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) => {
@@ -748,10 +787,8 @@ impl Engine<'_> {
         self.progress.scanned(&names[1], scanned[1]);
         let hashed_files = scan_a.hashed_files + scan_b.hashed_files;
         let base_files = base.iter().filter(|(_, e)| !e.is_dir()).count() as u64;
-        let fresh = [
-            std::mem::take(&mut scan_a.fresh),
-            std::mem::take(&mut scan_b.fresh),
-        ];
+        let cache_dirty = [scan_a.hashed_files > 0, scan_b.hashed_files > 0];
+        let scan_started = scan_a.started_ns.min(scan_b.started_ns);
         let inputs = build_inputs(
             base,
             std::mem::take(&mut scan_a.entries),
@@ -764,7 +801,9 @@ impl Engine<'_> {
             names: names.clone(),
             stamp: self.stamp.to_string(),
         };
+        timing.mark("inputs");
         let items = reconcile::reconcile(inputs, &|p, d| rules.for_path(p, d), &pctx);
+        timing.mark("reconcile");
 
         // The delete guard (SPEC invariant 6): moves are not deletions.
         if !self.opts.force {
@@ -827,7 +866,8 @@ impl Engine<'_> {
 
         let mut ap = Applier {
             eng: self,
-            pair: &pair,
+            pair,
+            pair_name: &pair_name,
             reps: [ra.as_ref(), rb.as_ref()],
             ids: &ids,
             pctx: &pctx,
@@ -837,19 +877,19 @@ impl Engine<'_> {
             bytes: vec![0; items.len()],
             versions: vec![None; items.len()],
             aside: HashMap::new(),
+            cache_over: [HashMap::new(), HashMap::new()],
         };
-        for (side, rows) in fresh.into_iter().enumerate() {
-            for (p, c) in rows {
-                ap.ops.push(StateOp::SetCache(side, p, c));
-            }
-        }
         ap.run()?;
+        ap.save_caches(cache_dirty, scan_started)?;
+        ap.eng.seq_base += items.len();
+        timing.mark("apply");
         let Applier {
             outcomes,
             bytes,
             versions,
             ..
         } = ap;
+        self.store.compact_base(pair)?;
         for (i, it) in items.iter().enumerate() {
             let outcome = match &outcomes[i] {
                 Some(o) => o.clone(),
@@ -861,6 +901,8 @@ impl Engine<'_> {
             report.items.push(r);
         }
         tally(&mut report, &items);
+        drop(items);
+        timing.mark("report");
         Ok(report)
     }
 
@@ -956,7 +998,8 @@ fn tally(report: &mut PairReport, items: &[Item]) {
 /// Executes one pair's decisions in phases.
 struct Applier<'e, 'a> {
     eng: &'e mut Engine<'a>,
-    pair: &'e str,
+    pair: i64,
+    pair_name: &'e str,
     reps: [&'e dyn Replica; 2],
     ids: &'e [String; 2],
     pctx: &'e PairCtx,
@@ -967,6 +1010,8 @@ struct Applier<'e, 'a> {
     versions: Vec<Option<String>>,
     /// KeepBoth: the loser's entry after it was renamed aside.
     aside: HashMap<usize, Entry>,
+    /// Per side: paths whose state this run wrote (Some) or removed (None).
+    cache_over: [HashMap<RelPath, Option<Cached>>; 2],
 }
 
 /// A file or link to write: (item, source side, source path, destination path, metadata,
@@ -996,7 +1041,7 @@ impl Applier<'_, '_> {
         // Journal first: the intent of every change is durable before the first one.
         {
             let b = self.eng.store.batch()?;
-            b.clear_conflicts(self.pair)?;
+            b.clear_conflicts(self.pair_name)?;
             for (i, it) in items.iter().enumerate() {
                 if !it.decision.action.changes_something() {
                     continue;
@@ -1006,8 +1051,8 @@ impl Applier<'_, '_> {
                     .unwrap_or_default();
                 b.journal(
                     self.eng.run,
-                    i,
-                    self.pair,
+                    self.eng.seq_base + i,
+                    self.pair_name,
                     &it.path,
                     it.decision.action.name(),
                     &serde_json::json!({"target": target}).to_string(),
@@ -1094,12 +1139,17 @@ impl Applier<'_, '_> {
             match op {
                 StateOp::SetBase(p, e) => b.set_base(self.pair, p, e)?,
                 StateOp::RemoveBase(p) => b.remove_base(self.pair, p)?,
-                StateOp::SetCache(s, p, c) => b.set_cache(&self.ids[*s], p, c)?,
-                StateOp::RemoveCache(s, p) => b.remove_cache(&self.ids[*s], p)?,
-                StateOp::Journal(seq, state) => b.journal_state(self.eng.run, *seq, state)?,
-                StateOp::Conflict(p, reason, a, bb) => {
-                    b.set_conflict(self.pair, p, reason, self.eng.run, a.as_ref(), bb.as_ref())?
+                StateOp::Journal(i, state) => {
+                    b.journal_state(self.eng.run, self.eng.seq_base + *i, state)?
                 }
+                StateOp::Conflict(p, reason, a, bb) => b.set_conflict(
+                    self.pair_name,
+                    p,
+                    reason,
+                    self.eng.run,
+                    a.as_ref(),
+                    bb.as_ref(),
+                )?,
             }
         }
         b.commit()?;
@@ -1169,20 +1219,61 @@ impl Applier<'_, '_> {
     }
 
     fn cache_written(&mut self, side: Side, path: &RelPath, e: &Entry) {
-        if let (Some(h), Some(st)) = (e.hash, e.stat) {
-            if e.is_file() && e.mtime < now_ns() - 2_000_000_000 {
-                self.ops.push(StateOp::SetCache(
-                    side.idx(),
-                    path.clone(),
-                    Cached {
-                        size: e.size,
-                        mtime: e.mtime,
-                        stat: st,
-                        hash: h,
-                    },
-                ));
+        let row = match (e.hash, e.stat) {
+            (Some(h), Some(st)) if e.is_file() => Some(Cached {
+                size: e.size,
+                mtime: e.mtime,
+                stat: st,
+                hash: h,
+            }),
+            _ => None,
+        };
+        self.cache_over[side.idx()].insert(path.clone(), row);
+    }
+
+    fn cache_removed(&mut self, side: Side, path: &RelPath) {
+        self.cache_over[side.idx()].insert(path.clone(), None);
+    }
+
+    /// Rewrite each side's scan cache from the final state: scanned entries, overridden by
+    /// what this run wrote. Skipped when nothing was hashed or written on that side.
+    fn save_caches(&mut self, dirty: [bool; 2], started: i64) -> Result<(), EngineError> {
+        let limit = started - crate::replica::local::RACY_NS;
+        for side in [Side::A, Side::B] {
+            let over = &self.cache_over[side.idx()];
+            if !dirty[side.idx()] && over.is_empty() {
+                continue;
             }
+            let mut rows: Vec<(RelPath, Cached)> = Vec::with_capacity(self.items.len());
+            for it in self.items {
+                let row = match over.get(&it.path) {
+                    Some(r) => r.clone(),
+                    None => it.side(side).and_then(|e| match (e.hash, e.stat) {
+                        (Some(h), Some(st)) if e.is_file() => Some(Cached {
+                            size: e.size,
+                            mtime: e.mtime,
+                            stat: st,
+                            hash: h,
+                        }),
+                        _ => None,
+                    }),
+                };
+                if let Some(c) = row.filter(|c| c.mtime < limit) {
+                    rows.push((it.path.clone(), c));
+                }
+            }
+            // Paths written under another name (keep-both asides) are not items.
+            for (p, r) in over {
+                if let Some(c) = r.as_ref().filter(|c| c.mtime < limit) {
+                    if self.items.binary_search_by(|it| it.path.cmp(p)).is_err() {
+                        rows.push((p.clone(), c.clone()));
+                    }
+                }
+            }
+            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            self.eng.store.save_cache(&self.ids[side.idx()], &rows)?;
         }
+        Ok(())
     }
 
     fn failed_before(&self, i: usize) -> bool {
@@ -1263,7 +1354,7 @@ impl Applier<'_, '_> {
                 self.ops
                     .push(StateOp::SetBase(it.path.clone(), base_of(src)));
                 self.ops.push(StateOp::RemoveBase(from.clone()));
-                self.ops.push(StateOp::RemoveCache(on.idx(), from.clone()));
+                self.cache_removed(*on, from);
                 self.cache_written(*on, &it.path, &e);
             } else {
                 self.outcomes[j] = self.outcomes[i].clone();
@@ -1289,8 +1380,7 @@ impl Applier<'_, '_> {
             let r = self.rep(on).remove(&it.path, e, self.eng.run);
             if self.finish(i, on, r.map(|v| (None, v))) {
                 self.ops.push(StateOp::RemoveBase(it.path.clone()));
-                self.ops
-                    .push(StateOp::RemoveCache(on.idx(), it.path.clone()));
+                self.cache_removed(on, &it.path);
             }
         }
     }

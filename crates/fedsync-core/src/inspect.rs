@@ -169,13 +169,15 @@ pub fn why(home: &Home, profile: &Profile, path: &str) -> Result<Vec<WhyPair>, E
                 continue;
             }
         };
-        let pair = engine::pair_key(&ida, &idb);
+        let pair = store
+            .find_pair_id(&engine::pair_key(&ida, &idb))?
+            .unwrap_or(-1);
         let ra = reps[0].as_ref().expect("ready");
         let rb = reps[k].as_ref().expect("ready");
         let err = |e: crate::replica::ReplicaError| EngineError::Io(e.to_string());
         let ea = ra.entry(&rel, true).map_err(err)?;
         let eb = rb.entry(&rel, true).map_err(err)?;
-        let base = store.base_entry(&pair, &rel)?;
+        let base = store.base_entry(pair, &rel)?;
         let is_dir = [&ea, &eb, &base]
             .iter()
             .any(|e| e.as_ref().is_some_and(|e| e.is_dir()));

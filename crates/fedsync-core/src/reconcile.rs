@@ -8,7 +8,7 @@ use crate::entry::{Entry, Hash, Kind};
 use crate::path::RelPath;
 use crate::rules::PathRules;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// One of the two replicas of a pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -500,15 +500,31 @@ pub struct Input {
 }
 
 /// Decide a whole pair: per-path decisions, then the cross-path passes (renames, directory
-/// consistency). `rules_for` gives the rules of a path.
+/// consistency). `rules_for` gives the rules of a path; it is not consulted for paths that
+/// are unchanged everywhere. The result is sorted by path.
 pub fn reconcile(
-    inputs: BTreeMap<RelPath, Input>,
+    inputs: impl IntoIterator<Item = (RelPath, Input)>,
     rules_for: &dyn Fn(&RelPath, bool) -> PathRules,
     ctx: &PairCtx,
 ) -> Vec<Item> {
     let mut items: Vec<Item> = inputs
         .into_iter()
         .map(|(path, inp)| {
+            // The common case of a large tree: nothing changed anywhere.
+            if inp.unreadable.is_none() {
+                if let (Some(base), Some(a), Some(b)) = (&inp.base, &inp.a, &inp.b) {
+                    if base.same_state(a) && base.same_state(b) {
+                        return Item {
+                            path,
+                            base: inp.base,
+                            a: inp.a,
+                            b: inp.b,
+                            decision: d(Action::None, "unchanged on both sides"),
+                            rule: String::new(),
+                        };
+                    }
+                }
+            }
             let is_dir = [&inp.a, &inp.b, &inp.base]
                 .iter()
                 .any(|e| e.as_ref().is_some_and(|e| e.is_dir()));
@@ -539,6 +555,9 @@ pub fn reconcile(
             }
         })
         .collect();
+    if !items.windows(2).all(|w| w[0].path < w[1].path) {
+        items.sort_by(|x, y| x.path.cmp(&y.path));
+    }
     detect_moves(&mut items, ctx);
     fix_directories(&mut items, ctx);
     items
@@ -616,47 +635,82 @@ fn detect_moves(items: &mut [Item], ctx: &PairCtx) {
     }
 }
 
-/// Directory consistency: a directory cannot be deleted on a side that keeps something
-/// inside it, and a copy into a directory needs that directory on the target.
+/// Directory consistency. A directory cannot be deleted, nor replaced by a file or link, on
+/// a side that keeps something inside it; nothing can be written below a path that stays in
+/// conflict as a non-directory.
 fn fix_directories(items: &mut [Item], ctx: &PairCtx) {
-    // Items are sorted by path, but "a/b" sorts after "a-c"; index by path instead.
-    let index: HashMap<RelPath, usize> = items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| (it.path.clone(), i))
-        .collect();
-    // For every side, whether anything below a directory survives on it after the plan.
-    for i in 0..items.len() {
-        let keeps: [bool; 2] = [Side::A, Side::B].map(|s| survives(&items[i], s));
-        for side in [Side::A, Side::B] {
-            if !keeps[side.idx()] {
-                continue;
+    // Directories that some side loses: deleted, or replaced by another kind.
+    let mut doomed: HashMap<String, usize> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        let loses = match it.decision.action {
+            Action::Delete { on } => it.side(on).is_some_and(|e| e.is_dir()),
+            Action::Copy { from } => {
+                it.side(from.other()).is_some_and(|e| e.is_dir())
+                    && it.side(from).is_some_and(|e| !e.is_dir())
             }
-            // Every ancestor directory must survive on `side`.
-            for anc in items[i]
-                .path
-                .ancestors()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-            {
-                let Ok(anc) = RelPath::new(&anc) else {
-                    continue;
-                };
-                let Some(&j) = index.get(&anc) else { continue };
-                let it = &items[j];
-                if let Action::Delete { on } = it.decision.action {
-                    if on == side && it.side(on).is_some_and(|e| e.is_dir()) {
-                        // Deleted on the other side, but something inside is kept here:
-                        // re-create the directory there instead.
-                        let from = side;
-                        let why = format!(
-                            "directory deleted on {} but {} still has content inside it: re-created",
-                            ctx.name(from.other()),
-                            ctx.name(from)
-                        );
-                        items[j].decision = d(Action::Copy { from }, why);
-                    }
+            Action::Conflict { .. } => {
+                it.a.as_ref().is_some_and(|e| e.is_dir())
+                    != it.b.as_ref().is_some_and(|e| e.is_dir())
+            }
+            _ => false,
+        };
+        if loses {
+            doomed.insert(it.path.as_str().to_string(), i);
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    for i in 0..items.len() {
+        if !items[i].path.ancestors().any(|a| doomed.contains_key(a)) {
+            continue;
+        }
+        let keeps: [bool; 2] = [Side::A, Side::B].map(|s| survives(&items[i], s));
+        let ancestors: Vec<String> = items[i].path.ancestors().map(str::to_string).collect();
+        for anc in ancestors {
+            let Some(&j) = doomed.get(&anc) else { continue };
+            let (pj, dj) = (items[j].path.clone(), items[j].decision.action.clone());
+            match dj {
+                Action::Delete { on } if keeps[on.idx()] => {
+                    // Deleted on the other side, but something inside is kept here:
+                    // re-create the directory there instead.
+                    let why = format!(
+                        "directory deleted on {} but {} still has content inside it: re-created",
+                        ctx.name(on.other()),
+                        ctx.name(on)
+                    );
+                    items[j].decision = d(Action::Copy { from: on }, why);
                 }
+                Action::Copy { from }
+                    if items[j].side(from).is_some_and(|e| !e.is_dir())
+                        && keeps[from.other().idx()]
+                        && items[i].decision.action.changes_something() =>
+                {
+                    let to = from.other();
+                    let reason = format!(
+                        "replaced by a {} on {} while {} changed content inside it",
+                        describe(items[j].side(from)),
+                        ctx.name(from),
+                        ctx.name(to)
+                    );
+                    items[j].decision = c(
+                        Action::Conflict {
+                            reason: reason.clone(),
+                        },
+                        format!("conflict: {reason}; nothing is deleted, resolve it by hand"),
+                    );
+                }
+                _ => {}
+            }
+            if matches!(items[j].decision.action, Action::Conflict { .. })
+                && items[i].decision.action.changes_something()
+            {
+                items[i].decision = d(
+                    Action::Skip {
+                        reason: format!("inside {pj}, which is in conflict"),
+                    },
+                    format!("held: {pj} is in conflict (file vs directory)"),
+                );
             }
         }
     }

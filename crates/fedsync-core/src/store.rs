@@ -4,7 +4,6 @@
 use crate::entry::{Entry, Hash, Kind, StatId};
 use crate::path::RelPath;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,17 +56,17 @@ pub struct ConflictRow {
     pub b: Option<Entry>,
 }
 
+const SCHEMA_VERSION: i64 = 2;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS replicas (name TEXT PRIMARY KEY, id TEXT NOT NULL, root TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS base (
-  pair TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
-  mtime INTEGER NOT NULL, mode INTEGER NOT NULL, hash BLOB, link TEXT,
+CREATE TABLE IF NOT EXISTS pairs (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS base_snap (pair INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS base_delta (
+  pair INTEGER NOT NULL, path TEXT NOT NULL, entry BLOB,
   PRIMARY KEY (pair, path)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS scan_cache (
-  replica TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
-  dev INTEGER NOT NULL, ino INTEGER NOT NULL, ctime INTEGER NOT NULL, hash BLOB NOT NULL,
-  PRIMARY KEY (replica, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scan_cache (replica TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, started TEXT NOT NULL, finished TEXT,
   status TEXT NOT NULL, summary TEXT NOT NULL DEFAULT '{}');
@@ -80,26 +79,149 @@ CREATE TABLE IF NOT EXISTS conflicts (
   a TEXT, b TEXT, PRIMARY KEY (pair, path)) WITHOUT ROWID;
 "#;
 
-fn entry_from_row(
-    kind: &str,
-    size: i64,
-    mtime: i64,
-    mode: i64,
-    hash: Option<Vec<u8>>,
-    link: Option<String>,
-) -> Option<Entry> {
+/// Entries are stored compactly: kind, size, mtime, mode, optional hash, optional link.
+fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
+    out.push(match e.kind {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Symlink => 2,
+    });
+    out.extend_from_slice(&e.size.to_le_bytes());
+    out.extend_from_slice(&e.mtime.to_le_bytes());
+    out.extend_from_slice(&e.mode.to_le_bytes());
+    match &e.hash {
+        Some(h) => {
+            out.push(1);
+            out.extend_from_slice(&h.0);
+        }
+        None => out.push(0),
+    }
+    match &e.link {
+        Some(l) => {
+            out.extend_from_slice(&(l.len() as u32 + 1).to_le_bytes());
+            out.extend_from_slice(l.as_bytes());
+        }
+        None => out.extend_from_slice(&0u32.to_le_bytes()),
+    }
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if b.len() < n {
+        return None;
+    }
+    let (h, t) = b.split_at(n);
+    *b = t;
+    Some(h)
+}
+
+fn u64_(b: &mut &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+}
+
+fn u32_(b: &mut &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?))
+}
+
+fn decode_entry(b: &mut &[u8]) -> Option<Entry> {
+    let kind = match take(b, 1)?[0] {
+        0 => Kind::File,
+        1 => Kind::Dir,
+        2 => Kind::Symlink,
+        _ => return None,
+    };
+    let size = u64_(b)?;
+    let mtime = u64_(b)? as i64;
+    let mode = u32_(b)?;
+    let hash = match take(b, 1)?[0] {
+        1 => Some(Hash(take(b, 32)?.try_into().ok()?)),
+        _ => None,
+    };
+    let link = match u32_(b)? {
+        0 => None,
+        n => Some(String::from_utf8(take(b, n as usize - 1)?.to_vec()).ok()?),
+    };
     Some(Entry {
-        kind: Kind::from_str(kind)?,
-        size: size as u64,
+        kind,
+        size,
         mtime,
-        mode: mode as u32,
-        hash: match hash {
-            Some(h) => Some(Hash(h.try_into().ok()?)),
-            None => None,
-        },
+        mode,
+        hash,
         link,
         stat: None,
     })
+}
+
+fn encode_base(rows: &[(RelPath, Entry)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * 90 + 4);
+    out.extend_from_slice(b"FSB1");
+    for (p, e) in rows {
+        let ps = p.as_str().as_bytes();
+        out.extend_from_slice(&(ps.len() as u32).to_le_bytes());
+        out.extend_from_slice(ps);
+        encode_entry(&mut out, e);
+    }
+    out
+}
+
+fn decode_base(mut b: &[u8]) -> Option<Vec<(RelPath, Entry)>> {
+    if take(&mut b, 4)? != b"FSB1" {
+        return None;
+    }
+    let mut rows = Vec::new();
+    while !b.is_empty() {
+        let n = u32_(&mut b)? as usize;
+        let path = RelPath::new(std::str::from_utf8(take(&mut b, n)?).ok()?).ok()?;
+        rows.push((path, decode_entry(&mut b)?));
+    }
+    Some(rows)
+}
+
+/// Scan cache rows, sorted by path; serialized as one blob per replica (a cache: losing it
+/// costs a re-hash, never correctness, so it is rewritten once per run, not per file).
+pub type CacheRows = Vec<(RelPath, Cached)>;
+
+fn encode_cache(rows: &[(RelPath, Cached)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * 100);
+    out.extend_from_slice(b"FSC1");
+    for (p, c) in rows {
+        let ps = p.as_str().as_bytes();
+        out.extend_from_slice(&(ps.len() as u32).to_le_bytes());
+        out.extend_from_slice(ps);
+        out.extend_from_slice(&c.size.to_le_bytes());
+        out.extend_from_slice(&c.mtime.to_le_bytes());
+        out.extend_from_slice(&c.stat.dev.to_le_bytes());
+        out.extend_from_slice(&c.stat.ino.to_le_bytes());
+        out.extend_from_slice(&c.stat.ctime.to_le_bytes());
+        out.extend_from_slice(&c.hash.0);
+    }
+    out
+}
+
+fn decode_cache(mut b: &[u8]) -> Option<CacheRows> {
+    if take(&mut b, 4)? != b"FSC1" {
+        return None;
+    }
+    let mut rows = Vec::new();
+    while !b.is_empty() {
+        let n = u32_(&mut b)? as usize;
+        let path = RelPath::new(std::str::from_utf8(take(&mut b, n)?).ok()?).ok()?;
+        let size = u64_(&mut b)?;
+        let mtime = u64_(&mut b)? as i64;
+        let dev = u64_(&mut b)?;
+        let ino = u64_(&mut b)?;
+        let ctime = u64_(&mut b)? as i64;
+        let hash = Hash(take(&mut b, 32)?.try_into().ok()?);
+        rows.push((
+            path,
+            Cached {
+                size,
+                mtime,
+                stat: StatId { dev, ino, ctime },
+                hash,
+            },
+        ));
+    }
+    Some(rows)
 }
 
 impl Store {
@@ -116,7 +238,24 @@ impl Store {
             .map_err(wrap)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(wrap)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(wrap)?;
+        if version != 0 && version < SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(
+                label,
+                format!("written by an earlier development build of fedsync (schema {version}); remove it to start over"),
+            ));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(
+                label,
+                format!("written by a newer fedsync (schema {version}, this one knows {SCHEMA_VERSION}); upgrade fedsync"),
+            ));
+        }
         conn.execute_batch(SCHEMA).map_err(wrap)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(wrap)?;
         Ok(Store { conn, path: label })
     }
 
@@ -150,109 +289,143 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Whether any base row exists for the pair (i.e. the pair has been synced before).
-    pub fn has_base(&self, pair: &str) -> Result<bool> {
+    /// The integer id of a pair key (created on first use).
+    pub fn pair_id(&self, key: &str) -> Result<i64> {
         self.conn
-            .query_row("SELECT 1 FROM base WHERE pair = ?1 LIMIT 1", [pair], |_| {
-                Ok(())
-            })
-            .optional()
-            .map(|o| o.is_some())
+            .execute("INSERT OR IGNORE INTO pairs(key) VALUES (?1)", [key])
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .query_row("SELECT id FROM pairs WHERE key = ?1", [key], |r| r.get(0))
             .map_err(|e| self.err(e))
     }
 
-    pub fn load_base(&self, pair: &str) -> Result<Vec<(RelPath, Entry)>> {
+    /// The integer id of a pair key, if it was ever synced.
+    pub fn find_pair_id(&self, key: &str) -> Result<Option<i64>> {
+        self.conn
+            .query_row("SELECT id FROM pairs WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The base of a pair, sorted by path (byte order, as `RelPath` sorts): the last
+    /// snapshot with the per-path changes written since applied on top.
+    pub fn load_base(&self, pair: i64) -> Result<Vec<(RelPath, Entry)>> {
+        let corrupt = |what: &str| StoreError::Corrupt(self.path.clone(), what.to_string());
+        let snap: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT data FROM base_snap WHERE pair = ?1", [pair], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let snap = match snap {
+            Some(b) => decode_base(&b).ok_or_else(|| corrupt("base snapshot"))?,
+            None => Vec::new(),
+        };
         let mut st = self
             .conn
-            .prepare_cached(
-                "SELECT path, kind, size, mtime, mode, hash, link FROM base WHERE pair = ?1",
-            )
+            .prepare_cached("SELECT path, entry FROM base_delta WHERE pair = ?1 ORDER BY path")
             .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([pair], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<Vec<u8>>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (p, kind, size, mtime, mode, hash, link) = row.map_err(|e| self.err(e))?;
-            let path = RelPath::new(&p)
-                .map_err(|e| StoreError::Corrupt(self.path.clone(), e.to_string()))?;
-            let e = entry_from_row(&kind, size, mtime, mode, hash, link)
-                .ok_or_else(|| StoreError::Corrupt(self.path.clone(), format!("base row {p}")))?;
-            out.push((path, e));
+        let mut rows = st.query([pair]).map_err(|e| self.err(e))?;
+        let mut deltas: Vec<(RelPath, Option<Entry>)> = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let p: String = r.get(0).map_err(|e| self.err(e))?;
+            let path = RelPath::new(&p).map_err(|e| corrupt(&e.to_string()))?;
+            let e = match r.get::<_, Option<Vec<u8>>>(1).map_err(|e| self.err(e))? {
+                Some(b) => {
+                    Some(decode_entry(&mut b.as_slice()).ok_or_else(|| corrupt("base delta"))?)
+                }
+                None => None,
+            };
+            deltas.push((path, e));
         }
+        if deltas.is_empty() {
+            return Ok(snap);
+        }
+        let mut out = Vec::with_capacity(snap.len() + deltas.len());
+        let mut d = deltas.into_iter().peekable();
+        for (p, e) in snap {
+            while d.peek().is_some_and(|(dp, _)| *dp < p) {
+                let (dp, de) = d.next().expect("peeked");
+                if let Some(de) = de {
+                    out.push((dp, de));
+                }
+            }
+            if d.peek().is_some_and(|(dp, _)| *dp == p) {
+                let (dp, de) = d.next().expect("peeked");
+                if let Some(de) = de {
+                    out.push((dp, de));
+                }
+            } else {
+                out.push((p, e));
+            }
+        }
+        out.extend(d.filter_map(|(p, e)| e.map(|e| (p, e))));
         Ok(out)
     }
 
-    pub fn base_entry(&self, pair: &str, path: &RelPath) -> Result<Option<Entry>> {
-        self.conn
+    /// Fold the per-path changes of a pair into a new snapshot (end of a run).
+    pub fn compact_base(&mut self, pair: i64) -> Result<()> {
+        let has_delta = self
+            .conn
             .query_row(
-                "SELECT kind, size, mtime, mode, hash, link FROM base WHERE pair = ?1 AND path = ?2",
-                params![pair, path.as_str()],
-                |r| {
-                    Ok(entry_from_row(
-                        &r.get::<_, String>(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
+                "SELECT 1 FROM base_delta WHERE pair = ?1 LIMIT 1",
+                [pair],
+                |_| Ok(()),
             )
             .optional()
-            .map(Option::flatten)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?
+            .is_some();
+        if !has_delta {
+            return Ok(());
+        }
+        let rows = self.load_base(pair)?;
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO base_snap(pair, data) VALUES (?1, ?2)",
+            params![pair, encode_base(&rows)],
+        )
+        .map_err(wrap)?;
+        tx.execute("DELETE FROM base_delta WHERE pair = ?1", [pair])
+            .map_err(wrap)?;
+        tx.commit().map_err(wrap)
     }
 
-    pub fn load_cache(&self, replica: &str) -> Result<HashMap<String, Cached>> {
-        let mut st = self
+    pub fn base_entry(&self, pair: i64, path: &RelPath) -> Result<Option<Entry>> {
+        let rows = self.load_base(pair)?;
+        Ok(rows
+            .binary_search_by(|(p, _)| p.cmp(path))
+            .ok()
+            .map(|i| rows[i].1.clone()))
+    }
+
+    /// The scan cache of a replica, sorted by path. A damaged cache reads as empty.
+    pub fn load_cache(&self, replica: &str) -> Result<CacheRows> {
+        let blob: Option<Vec<u8>> = self
             .conn
-            .prepare_cached(
-                "SELECT path, size, mtime, dev, ino, ctime, hash FROM scan_cache WHERE replica = ?1",
+            .query_row(
+                "SELECT data FROM scan_cache WHERE replica = ?1",
+                [replica],
+                |r| r.get(0),
             )
+            .optional()
             .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([replica], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Vec<u8>>(6)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = HashMap::new();
-        for row in rows {
-            let (p, size, mtime, dev, ino, ctime, hash) = row.map_err(|e| self.err(e))?;
-            let Ok(hash) = hash.try_into() else { continue };
-            out.insert(
-                p,
-                Cached {
-                    size: size as u64,
-                    mtime,
-                    stat: StatId {
-                        dev: dev as u64,
-                        ino: ino as u64,
-                        ctime,
-                    },
-                    hash: Hash(hash),
-                },
-            );
-        }
-        Ok(out)
+        Ok(blob.and_then(|b| decode_cache(&b)).unwrap_or_default())
+    }
+
+    pub fn save_cache(&self, replica: &str, rows: &[(RelPath, Cached)]) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO scan_cache(replica, data) VALUES (?1, ?2)",
+                params![replica, encode_cache(rows)],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     /// Start a write batch; everything until `Batch::commit` is one transaction.
@@ -373,62 +546,24 @@ impl Batch<'_> {
         }
     }
 
-    pub fn set_base(&self, pair: &str, path: &RelPath, e: &Entry) -> Result<()> {
+    pub fn set_base(&self, pair: i64, path: &RelPath, e: &Entry) -> Result<()> {
+        let mut blob = Vec::with_capacity(64);
+        encode_entry(&mut blob, e);
         self.tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO base(pair, path, kind, size, mtime, mode, hash, link)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO base_delta(pair, path, entry) VALUES (?1, ?2, ?3)",
             )
-            .and_then(|mut st| {
-                st.execute(params![
-                    pair,
-                    path.as_str(),
-                    e.kind.as_str(),
-                    e.size as i64,
-                    e.mtime,
-                    e.mode as i64,
-                    e.hash.map(|h| h.0.to_vec()),
-                    e.link
-                ])
-            })
+            .and_then(|mut st| st.execute(params![pair, path.as_str(), blob]))
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
 
-    pub fn remove_base(&self, pair: &str, path: &RelPath) -> Result<()> {
+    pub fn remove_base(&self, pair: i64, path: &RelPath) -> Result<()> {
         self.tx
-            .prepare_cached("DELETE FROM base WHERE pair = ?1 AND path = ?2")
+            .prepare_cached(
+                "INSERT OR REPLACE INTO base_delta(pair, path, entry) VALUES (?1, ?2, NULL)",
+            )
             .and_then(|mut st| st.execute(params![pair, path.as_str()]))
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn set_cache(&self, replica: &str, path: &RelPath, c: &Cached) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO scan_cache(replica, path, size, mtime, dev, ino, ctime, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    replica,
-                    path.as_str(),
-                    c.size as i64,
-                    c.mtime,
-                    c.stat.dev as i64,
-                    c.stat.ino as i64,
-                    c.stat.ctime,
-                    c.hash.0.to_vec()
-                ])
-            })
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn remove_cache(&self, replica: &str, path: &RelPath) -> Result<()> {
-        self.tx
-            .prepare_cached("DELETE FROM scan_cache WHERE replica = ?1 AND path = ?2")
-            .and_then(|mut st| st.execute(params![replica, path.as_str()]))
             .map(|_| ())
             .map_err(|e| self.err(e))
     }

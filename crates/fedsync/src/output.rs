@@ -14,6 +14,14 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// `println!` that ignores a closed stdout (`fedsync log | head` must not panic).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub struct Printer {
     pub json: bool,
     pub quiet: bool,
@@ -154,7 +162,7 @@ impl Printer {
     }
 
     fn json_out<T: serde::Serialize>(&self, v: &T) {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
         );
@@ -204,9 +212,10 @@ impl Printer {
                 } else {
                     String::new()
                 };
-                println!(
+                outln!(
                     "  {action} {target:<8} {}  — {}{rule}{state}",
-                    it.path, it.why
+                    it.path,
+                    it.why
                 );
             }
             if self.quiet {
@@ -250,14 +259,15 @@ impl Printer {
             }
             let head = format!("{} <-> {}", p.a, p.b);
             match p.status {
-                PairStatus::Skipped => println!("{head}: skipped"),
-                PairStatus::Refused => println!("{head}: refused, nothing done"),
-                PairStatus::Failed => println!("{head}: failed"),
-                _ if parts.is_empty() => println!(
+                PairStatus::Skipped => outln!("{head}: skipped"),
+                PairStatus::Refused => outln!("{head}: refused, nothing done"),
+                PairStatus::Failed => outln!("{head}: failed"),
+                _ if parts.is_empty() => outln!(
                     "{head}: in sync, nothing to do ({} + {} entries checked)",
-                    p.scanned[0], p.scanned[1]
+                    p.scanned[0],
+                    p.scanned[1]
                 ),
-                _ => println!(
+                _ => outln!(
                     "{head}: {}{}",
                     if plan { "would sync " } else { "" },
                     parts.join(", ")
@@ -266,7 +276,7 @@ impl Printer {
         }
         if !self.quiet {
             let verb = if plan { "planned" } else { "done" };
-            println!(
+            outln!(
                 "{verb} in {:.2} s (run {}{})",
                 r.elapsed_ms as f64 / 1000.0,
                 r.run,
@@ -409,11 +419,11 @@ pub fn init(
     if p.json {
         p.json_out(&serde_json::json!({"profile": name, "path": path, "replicas": named}));
     } else if !p.quiet {
-        println!("created profile {name}: {}", path.display());
+        outln!("created profile {name}: {}", path.display());
         for (nm, root) in &named {
-            println!("  {nm:<12} {root}");
+            outln!("  {nm:<12} {root}");
         }
-        println!(
+        outln!(
             "next: `fedsync plan {name}` to see what would happen, `fedsync sync {name}` to do it"
         );
     }
@@ -444,7 +454,7 @@ pub fn status(home: &Home, p: &Printer, name: Option<&str>) -> Result<i32, Fail>
         if p.json {
             p.json_out(&serde_json::json!([]));
         } else {
-            println!(
+            outln!(
                 "no profiles in {}. Create one with `fedsync init NAME DIR_A DIR_B`.",
                 home.profiles_dir().display()
             );
@@ -475,9 +485,9 @@ pub fn status(home: &Home, p: &Printer, name: Option<&str>) -> Result<i32, Fail>
         return Ok(code);
     }
     for r in &reports {
-        println!("profile {}: {}", r.profile, p.paint("1", &r.health));
+        outln!("profile {}: {}", r.profile, p.paint("1", &r.health));
         for rep in &r.replicas {
-            println!(
+            outln!(
                 "  {:<12} {:<12} {}{}",
                 rep.name,
                 rep.state,
@@ -489,22 +499,22 @@ pub fn status(home: &Home, p: &Printer, name: Option<&str>) -> Result<i32, Fail>
             );
         }
         match r.last_runs.first() {
-            Some(run) => println!(
+            Some(run) => outln!(
                 "  last run     {} {} ({})",
                 run.id,
                 run.status,
                 run.finished.as_deref().unwrap_or("not finished")
             ),
-            None => println!("  last run     never"),
+            None => outln!("  last run     never"),
         }
         for pp in &r.pending {
             let c = &pp.counts;
             if let Some(m) = &pp.message {
-                println!("  {} <-> {}: {}", pp.a, pp.b, m);
+                outln!("  {} <-> {}: {}", pp.a, pp.b, m);
             } else if pp.changes == 0 {
-                println!("  {} <-> {}: in sync", pp.a, pp.b);
+                outln!("  {} <-> {}: in sync", pp.a, pp.b);
             } else {
-                println!(
+                outln!(
                     "  {} <-> {}: pending {} -> {}, {} -> {}, {} deletions, {} conflicts",
                     pp.a,
                     pp.b,
@@ -518,9 +528,9 @@ pub fn status(home: &Home, p: &Printer, name: Option<&str>) -> Result<i32, Fail>
             }
         }
         if !r.conflicts.is_empty() {
-            println!("  open conflicts ({}):", r.conflicts.len());
+            outln!("  open conflicts ({}):", r.conflicts.len());
             for c in &r.conflicts {
-                println!("    {}  — {}", c.path, c.reason);
+                outln!("    {}  — {}", c.path, c.reason);
             }
         }
     }
@@ -534,13 +544,13 @@ pub fn why(home: &Home, p: &Printer, profile: &Profile, path: &str) -> Result<i3
         return Ok(0);
     }
     for w in &pairs {
-        println!("{path} in {} <-> {}", w.a, w.b);
+        outln!("{path} in {} <-> {}", w.a, w.b);
         if let Some(m) = &w.unavailable {
-            println!("  unavailable: {m}");
+            outln!("  unavailable: {m}");
             continue;
         }
-        println!("  base        {}", describe_entry(&w.base));
-        println!(
+        outln!("  base        {}", describe_entry(&w.base));
+        outln!(
             "  {:<11} {} ({})",
             w.a,
             describe_entry(&w.side_a),
@@ -548,7 +558,7 @@ pub fn why(home: &Home, p: &Printer, profile: &Profile, path: &str) -> Result<i3
                 .map(|c| format!("{c:?}").to_lowercase())
                 .unwrap_or_default()
         );
-        println!(
+        outln!(
             "  {:<11} {} ({})",
             w.b,
             describe_entry(&w.side_b),
@@ -556,14 +566,14 @@ pub fn why(home: &Home, p: &Printer, profile: &Profile, path: &str) -> Result<i3
                 .map(|c| format!("{c:?}").to_lowercase())
                 .unwrap_or_default()
         );
-        println!("  rule        {} (conflict policy {})", w.rule, w.policy);
+        outln!("  rule        {} (conflict policy {})", w.rule, w.policy);
         if let Some(d) = &w.direction {
-            println!("  direction   {d}");
+            outln!("  direction   {d}");
         }
         if w.excluded {
-            println!("  decision    excluded by the profile's paths/ignore: never synced");
+            outln!("  decision    excluded by the profile's paths/ignore: never synced");
         } else if let Some(d) = &w.decision {
-            println!("  decision    {}: {}", d.action.name(), d.why);
+            outln!("  decision    {}: {}", d.action.name(), d.why);
         }
     }
     Ok(0)
@@ -642,7 +652,7 @@ pub fn log(
             }
             if problems.is_empty() {
                 if !p.json {
-                    println!("{n}: audit trail intact ({} records)", recs.len());
+                    outln!("{n}: audit trail intact ({} records)", recs.len());
                 }
             } else {
                 code = 1;
@@ -685,7 +695,7 @@ pub fn log(
                 if !r.detail.is_empty() && (r.path.is_empty() || p.verbose > 0) {
                     line.push_str(&format!("  — {}", r.detail));
                 }
-                println!("{line}");
+                outln!("{line}");
             }
         }
     }

@@ -7,7 +7,7 @@ use crate::path::RelPath;
 use crate::rules::Rules;
 use crate::store::Cached;
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -20,7 +20,7 @@ pub const META_DIR: &str = ".fedsync";
 
 /// Files whose mtime is this close to the scan time are re-hashed next time: a write in the
 /// same timestamp tick would not change size or mtime (the "racily clean" problem).
-const RACY_NS: i64 = 2_000_000_000;
+pub const RACY_NS: i64 = 2_000_000_000;
 
 pub struct LocalReplica {
     root: PathBuf,
@@ -229,7 +229,7 @@ impl LocalReplica {
         dir: &RelPath,
         rules: &Rules,
         only: &[RelPath],
-        out: &Mutex<Vec<(RelPath, Entry)>>,
+        out: &Mutex<Vec<Vec<(RelPath, Entry)>>>,
         errors: &Mutex<Vec<(RelPath, String)>>,
     ) {
         let abs = self.abs(dir);
@@ -315,7 +315,7 @@ impl LocalReplica {
             local.push((rel, entry));
         }
         if !local.is_empty() {
-            out.lock().expect("lock").extend(local);
+            out.lock().expect("lock").push(local);
         }
         subdirs
             .par_iter()
@@ -395,72 +395,81 @@ impl Replica for LocalReplica {
         Ok(n)
     }
 
-    fn scan(
-        &self,
-        rules: &Rules,
-        cache: &HashMap<String, Cached>,
-        opts: &ScanOptions,
-    ) -> Result<Scan> {
+    fn scan(&self, rules: &Rules, cache: &[(RelPath, Cached)], opts: &ScanOptions) -> Result<Scan> {
         let started = now_ns();
         let out = Mutex::new(Vec::new());
         let errors = Mutex::new(Vec::new());
         self.walk(&RelPath::root(), rules, &opts.only, &out, &errors);
-        let mut entries = out.into_inner().expect("lock");
-        let errors = errors.into_inner().expect("lock");
+        let chunks = out.into_inner().expect("lock");
+        let mut errors = errors.into_inner().expect("lock");
+        // Sort by path without moving the (large) entries around: sort indices, then take.
+        let mut slots: Vec<Option<(RelPath, Entry)>> =
+            Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+        for c in chunks {
+            slots.extend(c.into_iter().map(Some));
+        }
+        let mut order: Vec<u32> = (0..slots.len() as u32).collect();
+        order.par_sort_unstable_by(|&x, &y| {
+            let (x, y) = (&slots[x as usize], &slots[y as usize]);
+            x.as_ref()
+                .expect("slot")
+                .0
+                .cmp(&y.as_ref().expect("slot").0)
+        });
+        let mut entries: Vec<(RelPath, Entry)> = order
+            .into_iter()
+            .map(|i| slots[i as usize].take().expect("each slot taken once"))
+            .collect();
+        drop(slots);
 
-        // Fast check against the cache; hash what changed.
-        let results: Vec<std::result::Result<Option<Cached>, String>> = entries
-            .par_iter_mut()
-            .map(|(p, e)| {
-                if e.kind != Kind::File {
-                    return Ok(None);
+        // Fast check: merge-join with the sorted cache; what does not match is hashed.
+        let mut todo = Vec::new();
+        let mut ci = 0;
+        for (i, (p, e)) in entries.iter_mut().enumerate() {
+            if e.kind != Kind::File {
+                continue;
+            }
+            while ci < cache.len() && cache[ci].0 < *p {
+                ci += 1;
+            }
+            if !opts.checksum && ci < cache.len() && cache[ci].0 == *p {
+                let c = &cache[ci].1;
+                if c.size == e.size && c.mtime == e.mtime && Some(c.stat) == e.stat {
+                    e.hash = Some(c.hash);
+                    continue;
                 }
-                let st = e.stat.expect("scanned entries have stat");
-                if !opts.checksum {
-                    if let Some(c) = cache.get(p.as_str()) {
-                        if c.size == e.size && c.mtime == e.mtime && c.stat == st {
-                            e.hash = Some(c.hash);
-                            return Ok(None);
-                        }
-                    }
-                }
-                match hash_file(&self.abs(p)) {
-                    Ok((h, _)) => {
-                        e.hash = Some(h);
-                        Ok(Some(Cached {
-                            size: e.size,
-                            mtime: e.mtime,
-                            stat: st,
-                            hash: h,
-                        }))
-                    }
-                    Err(err) => Err(format!("cannot read: {err}")),
-                }
+            }
+            todo.push(i);
+        }
+        let hashed: Vec<(usize, std::result::Result<Hash, String>)> = todo
+            .par_iter()
+            .map(|&i| {
+                let p = &entries[i].0;
+                (
+                    i,
+                    hash_file(&self.abs(p))
+                        .map(|(h, _)| h)
+                        .map_err(|e| format!("cannot read: {e}")),
+                )
             })
             .collect();
         let mut scan = Scan {
-            errors,
+            started_ns: started,
             ..Default::default()
         };
-        for ((p, e), r) in entries.drain(..).zip(results) {
+        for (i, r) in hashed {
             match r {
-                Ok(fresh) => {
-                    if let Some(c) = fresh {
-                        scan.hashed_files += 1;
-                        scan.hashed_bytes += c.size;
-                        if c.mtime < started - RACY_NS {
-                            scan.fresh.push((p.clone(), c));
-                        }
-                    }
-                    scan.entries.insert(p, e);
+                Ok(h) => {
+                    scan.hashed_files += 1;
+                    scan.hashed_bytes += entries[i].1.size;
+                    entries[i].1.hash = Some(h);
                 }
-                Err(msg) => {
-                    // Keep the entry (so it is never read as deleted) but mark it unreadable.
-                    scan.errors.push((p.clone(), msg));
-                    scan.entries.insert(p, e);
-                }
+                // The entry stays (so it is never read as deleted) but is marked unreadable.
+                Err(msg) => errors.push((entries[i].0.clone(), msg)),
             }
         }
+        scan.entries = entries;
+        scan.errors = errors;
         Ok(scan)
     }
 

@@ -7,7 +7,6 @@ use crate::entry::{Entry, Hash};
 use crate::path::RelPath;
 use crate::rules::Rules;
 use crate::store::Cached;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// Errors of replica operations. Each names the path; the engine adds the replica.
@@ -70,13 +69,15 @@ pub struct ScanOptions {
 /// The result of scanning one replica.
 #[derive(Debug, Default)]
 pub struct Scan {
-    pub entries: HashMap<RelPath, Entry>,
+    /// Sorted by path.
+    pub entries: Vec<(RelPath, Entry)>,
     /// Paths that could not be read, with the reason. Nothing at or below them is trusted.
     pub errors: Vec<(RelPath, String)>,
-    /// Cache rows to store: files hashed (or confirmed) in this scan.
-    pub fresh: Vec<(RelPath, Cached)>,
     pub hashed_files: u64,
     pub hashed_bytes: u64,
+    /// When the scan started (ns since the epoch): files modified after `started - 2 s` are
+    /// not trusted from the cache next time.
+    pub started_ns: i64,
 }
 
 /// A new file or link written to a temporary name on the target's filesystem, verified.
@@ -100,12 +101,7 @@ pub trait Replica: Send + Sync {
     fn write_marker(&self, id: &str) -> Result<()>;
     /// Remove stray temporary files left by an interrupted run. Returns how many.
     fn clean_temp(&self) -> Result<usize>;
-    fn scan(
-        &self,
-        rules: &Rules,
-        cache: &HashMap<String, Cached>,
-        opts: &ScanOptions,
-    ) -> Result<Scan>;
+    fn scan(&self, rules: &Rules, cache: &[(RelPath, Cached)], opts: &ScanOptions) -> Result<Scan>;
     /// Current state of one path, hashed (for `why` and re-checks).
     fn entry(&self, path: &RelPath, hash: bool) -> Result<Option<Entry>>;
     /// Open a file for reading.
