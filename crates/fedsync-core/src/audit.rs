@@ -176,6 +176,26 @@ pub fn read(path: &Path) -> io::Result<(Vec<Record>, Vec<ChainBreak>)> {
     Ok((recs, breaks))
 }
 
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// Number of records and the hash of the last line (the chain head).
+pub fn read_head(path: &Path) -> io::Result<(usize, Option<String>)> {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, None)),
+        Err(e) => return Err(e),
+    };
+    let lines: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    Ok((lines.len(), lines.last().map(|l| line_hash(l))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,24 +240,4 @@ mod tests {
         let (_, breaks) = read(&p).unwrap();
         assert_eq!(breaks[0].line, 1);
     }
-}
-
-impl Drop for AuditLog {
-    fn drop(&mut self) {
-        let _ = self.flush();
-    }
-}
-
-/// Number of records and the hash of the last line (the chain head).
-pub fn read_head(path: &Path) -> io::Result<(usize, Option<String>)> {
-    let text = match fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, None)),
-        Err(e) => return Err(e),
-    };
-    let lines: Vec<&[u8]> = text
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    Ok((lines.len(), lines.last().map(|l| line_hash(l))))
 }

@@ -183,7 +183,11 @@ impl RunReport {
 pub fn new_run_id() -> (String, String) {
     let now = chrono::Utc::now();
     let stamp = now.format("%Y%m%d-%H%M%S").to_string();
-    (format!("{stamp}-{:04x}", rand::random::<u16>()), stamp)
+    // The suffix starts with the millisecond, so ids of runs in the same second still sort
+    // in the order the runs started.
+    let ms = now.timestamp_subsec_millis();
+    let suffix = (ms << 6) | (rand::random::<u32>() & 0x3f);
+    (format!("{stamp}-{suffix:04x}"), stamp)
 }
 
 fn now_rfc3339() -> String {
@@ -623,6 +627,27 @@ fn base_of(e: &Entry) -> Entry {
     }
 }
 
+/// Directories that exist only to lead to included paths are synced only when something
+/// included lies inside them (no empty skeleton of excluded folders).
+fn drop_empty_containers(entries: &mut Vec<(RelPath, Entry)>, rules: &Rules) {
+    let n = entries.len();
+    let mut keep = vec![true; n];
+    for i in 0..n {
+        let (p, e) = &entries[i];
+        if e.is_dir() && rules.is_container_only(p) {
+            let has_child = entries
+                .get(i + 1..)
+                .unwrap_or(&[])
+                .iter()
+                .take_while(|(q, _)| q.as_str().starts_with(p.as_str()))
+                .any(|(q, _)| q.starts_with(p) && q != p);
+            keep[i] = has_child;
+        }
+    }
+    let mut it = keep.into_iter();
+    entries.retain(|_| it.next().unwrap_or(true));
+}
+
 /// Build the per-path inputs: base ∪ A ∪ B (each sorted by path), merged in order, with
 /// unreadable subtrees marked.
 pub fn build_inputs(
@@ -782,6 +807,8 @@ impl Engine<'_> {
                 ));
             }
         }
+        drop_empty_containers(&mut scan_a.entries, rules);
+        drop_empty_containers(&mut scan_b.entries, rules);
         let scanned = [scan_a.entries.len(), scan_b.entries.len()];
         self.progress.scanned(&names[0], scanned[0]);
         self.progress.scanned(&names[1], scanned[1]);
@@ -1092,10 +1119,8 @@ impl Applier<'_, '_> {
                             .expect("record has an entry");
                     self.ops.push(StateOp::SetBase(it.path.clone(), base_of(e)));
                 }
-                Action::Forget => {
-                    if it.base.is_some() {
-                        self.ops.push(StateOp::RemoveBase(it.path.clone()));
-                    }
+                Action::Forget if it.base.is_some() => {
+                    self.ops.push(StateOp::RemoveBase(it.path.clone()));
                 }
                 Action::Conflict { reason } => {
                     self.ops.push(StateOp::Conflict(

@@ -58,7 +58,7 @@ impl Kind {
             Kind::Symlink => "symlink",
         }
     }
-    pub fn from_str(s: &str) -> Option<Kind> {
+    pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "file" => Some(Kind::File),
             "dir" => Some(Kind::Dir),

@@ -123,7 +123,10 @@ pub struct WhyPair {
     pub policy: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
-    pub decision: Option<Decision>,
+    /// The decision, with sides named by replica (for `--json`).
+    pub decision: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub decided: Option<Decision>,
 }
 
 pub fn why(home: &Home, profile: &Profile, path: &str) -> Result<Vec<WhyPair>, EngineError> {
@@ -159,6 +162,7 @@ pub fn why(home: &Home, profile: &Profile, path: &str) -> Result<Vec<WhyPair>, E
             policy: String::new(),
             direction: None,
             decision: None,
+            decided: None,
         };
         let (ida, idb) = match (&avail[0], &avail[k]) {
             (Avail::Ready(a), Avail::Ready(b)) => (a.clone(), b.clone()),
@@ -193,14 +197,18 @@ pub fn why(home: &Home, profile: &Profile, path: &str) -> Result<Vec<WhyPair>, E
                 names: names.clone(),
                 stamp: engine::new_run_id().1,
             };
-            w.decision = Some(reconcile::decide(
-                &rel,
-                base.as_ref(),
-                ea.as_ref(),
-                eb.as_ref(),
-                &pr,
-                &ctx,
-            ));
+            let dec = reconcile::decide(&rel, base.as_ref(), ea.as_ref(), eb.as_ref(), &pr, &ctx);
+            let mut v = serde_json::to_value(&dec).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                for key in ["from", "on", "winner"] {
+                    if let Some(side) = obj.get(key).and_then(|x| x.as_str()).map(str::to_string) {
+                        let name = if side == "A" { &names[0] } else { &names[1] };
+                        obj.insert(key.into(), serde_json::Value::String(name.clone()));
+                    }
+                }
+            }
+            w.decision = Some(v);
+            w.decided = Some(dec);
         }
         w.base = base;
         w.side_a = ea;

@@ -558,9 +558,50 @@ pub fn reconcile(
     if !items.windows(2).all(|w| w[0].path < w[1].path) {
         items.sort_by(|x, y| x.path.cmp(&y.path));
     }
+    free_aside_names(&mut items);
     detect_moves(&mut items, ctx);
     fix_directories(&mut items, ctx);
     items
+}
+
+/// A keep-both copy must not land on a name that is already used on either side (a user's
+/// file, or an earlier conflict copy in the same second): pick `...-2`, `...-3`.
+fn free_aside_names(items: &mut [Item]) {
+    if !items
+        .iter()
+        .any(|it| matches!(it.decision.action, Action::KeepBoth { .. }))
+    {
+        return;
+    }
+    let mut taken: std::collections::HashSet<RelPath> =
+        items.iter().map(|it| it.path.clone()).collect();
+    for it in items.iter_mut() {
+        let Action::KeepBoth { aside, .. } = &mut it.decision.action else {
+            continue;
+        };
+        if taken.contains(aside) {
+            let (stem, ext) = aside.stem_ext();
+            let (stem, ext) = (stem.to_string(), ext.map(str::to_string));
+            let mut n = 2;
+            let fresh = loop {
+                let name = match &ext {
+                    Some(e) => format!("{stem}-{n}.{e}"),
+                    None => format!("{stem}-{n}"),
+                };
+                let cand = aside.with_file_name(&name).expect("valid name");
+                if !taken.contains(&cand) {
+                    break cand;
+                }
+                n += 1;
+            };
+            it.decision.why = it
+                .decision
+                .why
+                .replace(aside.file_name(), fresh.file_name());
+            *aside = fresh;
+        }
+        taken.insert(aside.clone());
+    }
 }
 
 /// A deletion and a creation of the same content, propagating the same way, become a rename.

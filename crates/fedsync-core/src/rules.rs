@@ -104,6 +104,19 @@ fn is_state_path(s: &str) -> bool {
 
 impl Include {
     fn compile(patterns: &[String], profile: &str) -> Result<Include, ConfigError> {
+        // `paths` name what to sync from the root: `docs/` is the top-level docs folder, not
+        // every folder called docs (write `**/docs/` for that).
+        let patterns: Vec<String> = patterns
+            .iter()
+            .map(|p| {
+                if p.starts_with('/') || p.starts_with('!') || p.starts_with("**") {
+                    p.clone()
+                } else {
+                    format!("/{p}")
+                }
+            })
+            .collect();
+        let patterns = &patterns[..];
         let matcher = compile_set(patterns, "paths", profile)?;
         let mut containers = builder();
         let mut any_dir = false;
@@ -257,6 +270,15 @@ impl Rules {
         match &self.include {
             None => true,
             Some(inc) => inc.includes(s, true) || inc.is_container(s),
+        }
+    }
+
+    /// A directory kept only because included paths may lie below it (`docs` for
+    /// `docs/notes/`): synced only when something inside it is.
+    pub fn is_container_only(&self, dir: &RelPath) -> bool {
+        match &self.include {
+            Some(inc) => !dir.is_root() && !inc.includes(dir.as_str(), true),
+            None => false,
         }
     }
 
@@ -458,12 +480,11 @@ mod tests {
         );
         assert!(descend(&r, "docs"));
         assert!(descend(&r, "docs/a"));
-        // unanchored directory patterns match at any depth (gitignore semantics), so every
-        // directory may lead to a match: walked and kept as a container
-        assert!(!excluded(&r, "sub/docs/x.md"));
-        assert!(descend(&r, "src"));
-        assert!(!excluded_dir(&r, "src"));
-        // anchored patterns prune everything else
+        // `paths` are rooted: docs/ is the top-level docs folder only, the rest is pruned
+        assert!(excluded(&r, "sub/docs/x.md"));
+        assert!(!descend(&r, "src"));
+        assert!(excluded_dir(&r, "src"));
+        // a leading slash means the same
         let r = rules("paths = [\"/docs/\", \"/config/\"]");
         assert!(!excluded(&r, "docs/a/b/c.md"));
         assert!(excluded(&r, "sub/docs/x.md"));
@@ -483,9 +504,11 @@ mod tests {
         assert!(descend(&r, "tools"));
         assert!(!descend(&r, "tools/sub"));
         assert!(!descend(&r, "other"));
-        // unanchored file name: anywhere
+        // a bare file name is rooted too; `**/` asks for any depth
         let r = rules("paths = [\"ROADMAP.md\"]");
         assert!(!excluded(&r, "ROADMAP.md"));
+        assert!(excluded(&r, "a/b/ROADMAP.md"));
+        let r = rules("paths = [\"**/ROADMAP.md\"]");
         assert!(!excluded(&r, "a/b/ROADMAP.md"));
         assert!(excluded(&r, "a/b/other.md"));
         assert!(descend(&r, "a/b"));
@@ -537,6 +560,9 @@ mod tests {
     #[test]
     fn include_unanchored_glob_descends_everywhere() {
         let r = rules("paths = [\"*.md\"]");
+        assert!(!excluded(&r, "a.md"));
+        assert!(excluded(&r, "x/y/z.md"), "rooted: top-level *.md only");
+        let r = rules("paths = [\"**/*.md\"]");
         assert!(!excluded(&r, "a.md"));
         assert!(!excluded(&r, "x/y/z.md"));
         assert!(excluded(&r, "x/y/z.txt"));
@@ -693,7 +719,7 @@ mod tests {
         p.paths = vec!["{a,b".into()];
         let e = Rules::compile(&p).unwrap_err();
         assert!(
-            e.message.contains("\"{a,b\"") && e.message.contains("paths"),
+            e.message.contains("{a,b") && e.message.contains("paths"),
             "{e}"
         );
         let mut p = profile("[[rule]]\npaths = [\"x\"]\nconflict = \"ask\"\n");

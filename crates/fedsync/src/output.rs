@@ -192,7 +192,7 @@ impl Printer {
                     it.outcome,
                     Outcome::Skipped(_) | Outcome::Failed(_) | Outcome::Conflict(_)
                 );
-                if !(show_items || problem) || self.quiet && !problem {
+                if !problem && (!show_items || self.quiet) {
                     continue;
                 }
                 let target = it.target.as_deref().unwrap_or("-");
@@ -572,7 +572,7 @@ pub fn why(home: &Home, p: &Printer, profile: &Profile, path: &str) -> Result<i3
         }
         if w.excluded {
             outln!("  decision    excluded by the profile's paths/ignore: never synced");
-        } else if let Some(d) = &w.decision {
+        } else if let Some(d) = &w.decided {
             outln!("  decision    {}: {}", d.action.name(), d.why);
         }
     }

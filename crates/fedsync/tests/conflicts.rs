@@ -222,7 +222,6 @@ fn file_vs_directory_is_a_conflict_and_nothing_is_deleted() {
 /// (a user file, or an earlier conflict copy made in the same second): it picks another
 /// free name. Decoys cover every stamp this run can have, so the test is deterministic.
 #[test]
-#[ignore = "BUG: keep-both skips forever (exit 1, 'changed since it was scanned') when the conflict copy name is taken"]
 fn keep_both_when_the_conflict_name_is_taken() {
     let fx = Fx::new();
     fx.write(&fx.a, "f.txt", "base\n");

@@ -32,7 +32,6 @@ fn profile_paths_limit_what_is_synced() {
 
 /// Folders outside `paths` are not synced either (not even as empty skeletons).
 #[test]
-#[ignore = "BUG: with profile `paths`, every directory outside the selection is still created on the other side (empty skeleton), both ways"]
 fn profile_paths_do_not_sync_folders_outside_the_selection() {
     let fx = Fx::new();
     fx.profile_ab("p", r#"paths = ["docs/"]"#, "");

@@ -64,7 +64,6 @@ fn optional_replica_comes_and_goes() {
 }
 
 #[test]
-#[ignore = "BUG: with 3+ replicas a run where two pairs change anything fails: UNIQUE constraint failed: journal.run, journal.seq (exit 3)"]
 fn star_hub_change_reaches_every_spoke_in_one_run() {
     let fx = Fx::new();
     let c = three(&fx);
@@ -79,7 +78,6 @@ fn star_hub_change_reaches_every_spoke_in_one_run() {
 }
 
 #[test]
-#[ignore = "BUG: with 3+ replicas a run where two pairs change anything fails: UNIQUE constraint failed: journal.run, journal.seq (exit 3)"]
 fn star_spoke_change_reaches_the_other_spoke_in_one_run() {
     let fx = Fx::new();
     let c = three(&fx);
