@@ -576,7 +576,7 @@ fn recover(
         )?;
         b.commit()?;
         let msg = format!(
-            "run {run} was interrupted ({} actions unconfirmed{}); {cleaned} temporary files removed; \
+            "run {run} was interrupted ({} actions were planned{}); {cleaned} temporary files removed; \
              this run re-checks every path, so what it finished is kept and the rest is done now",
             pending.len(),
             if restored > 0 {
@@ -1237,7 +1237,11 @@ impl Applier<'_, '_> {
             Some(Outcome::Failed(_)) | Some(Outcome::Skipped(_)) => {}
             _ => {
                 self.outcomes[i] = Some(outcome);
-                self.ops.push(StateOp::Journal(i, state));
+                // Done items are confirmed by the base itself (three-way detection); the
+                // journal keeps only what did not happen, so a finished file costs no write.
+                if state != "done" {
+                    self.ops.push(StateOp::Journal(i, state));
+                }
             }
         }
         ok
@@ -1375,7 +1379,6 @@ impl Applier<'_, '_> {
             if ok {
                 let e = r.expect("ok");
                 self.outcomes[j] = Some(Outcome::Done);
-                self.ops.push(StateOp::Journal(j, "done"));
                 self.ops
                     .push(StateOp::SetBase(it.path.clone(), base_of(src)));
                 self.ops.push(StateOp::RemoveBase(from.clone()));

@@ -9,11 +9,14 @@ use crate::store::Cached;
 use rayon::prelude::*;
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Files up to this size are copied through memory (one read, hash, one write).
+const SMALL_FILE: u64 = 256 * 1024;
 
 /// Name of the per-replica metadata folder, always ignored by scans.
 pub const META_DIR: &str = ".fedsync";
@@ -323,6 +326,27 @@ impl LocalReplica {
     }
 }
 
+/// Rename without replacing an existing `to` (RENAME_NOREPLACE; on filesystems without
+/// it, a check right before a plain rename).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn read_link_str(p: &Path) -> io::Result<String> {
     let t = fs::read_link(p)?;
     t.into_os_string().into_string().map_err(|_| {
@@ -497,8 +521,19 @@ impl Replica for LocalReplica {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(io_err(path))?;
+            // Small files: one read, hashed in memory, then written: the hash checked is the
+            // hash of exactly the bytes written.
+            let mut verified = None;
             match src.local_root() {
-                // Local to local: let the kernel copy (copy_file_range, reflink where the
+                Some(root) if meta.size <= SMALL_FILE => {
+                    let mut buf = Vec::with_capacity(meta.size as usize + 1);
+                    File::open(path.to_fs(root))
+                        .and_then(|mut f| f.read_to_end(&mut buf))
+                        .map_err(io_err(path))?;
+                    verified = Some((Hash::of(&buf), buf.len() as u64));
+                    out.write_all(&buf).map_err(io_err(path))?;
+                }
+                // Larger local files: let the kernel copy (copy_file_range, reflink where the
                 // filesystem shares extents), then hash what landed.
                 Some(root) => {
                     let mut input = File::open(path.to_fs(root)).map_err(io_err(path))?;
@@ -517,7 +552,10 @@ impl Replica for LocalReplica {
             );
             filetime::set_file_handle_times(&out, None, Some(mtime)).map_err(io_err(path))?;
             drop(out);
-            let (h, len) = hash_file(&tmp).map_err(io_err(path))?;
+            let (h, len) = match verified {
+                Some(v) => v,
+                None => hash_file(&tmp).map_err(io_err(path))?,
+            };
             if Some(h) != meta.hash || len != meta.size {
                 return Err(ReplicaError::HashMismatch(path.to_string()));
             }
@@ -561,6 +599,17 @@ impl Replica for LocalReplica {
         let tmp = self.tmp_dir().join(&staged.token);
         let r = (|| {
             self.check_parents(path)?;
+            if expect.is_none() {
+                // A creation: one atomic rename that refuses to replace anything that
+                // appeared since the scan.
+                return match rename_noreplace(&tmp, &self.abs(path)) {
+                    Ok(()) => Ok((self.stat_after(path, staged.hash)?, None)),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        Err(ReplicaError::Changed(path.to_string()))
+                    }
+                    Err(e) => Err(io_err(path)(e)),
+                };
+            }
             let cur = self.recheck(path, expect)?;
             let version = match &cur {
                 Some(c) if c.is_dir() => {
@@ -601,23 +650,12 @@ impl Replica for LocalReplica {
         if self.lstat(to)?.is_some() {
             return Err(ReplicaError::Changed(to.to_string()));
         }
-        let (f, t) = (self.abs(from), self.abs(to));
-        match rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &f,
-            rustix::fs::CWD,
-            &t,
-            rustix::fs::RenameFlags::NOREPLACE,
-        ) {
+        match rename_noreplace(&self.abs(from), &self.abs(to)) {
             Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::EXIST => {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(ReplicaError::Changed(to.to_string()))
             }
-            // Filesystems without RENAME_NOREPLACE: we checked `to` is absent just above.
-            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-                fs::rename(&f, &t).map_err(io_err(to))?
-            }
-            Err(e) => return Err(io_err(to)(e.into())),
+            Err(e) => return Err(io_err(to)(e)),
         }
         self.stat_after(to, expect.hash)
     }
