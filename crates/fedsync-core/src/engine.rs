@@ -1086,6 +1086,7 @@ impl Applier<'_, '_> {
                 )?;
             }
             b.commit()?;
+            crate::faults::point("journal written");
         }
         let total_bytes: u64 = items
             .iter()
@@ -1178,10 +1179,12 @@ impl Applier<'_, '_> {
             }
         }
         b.commit()?;
+        crate::faults::point("state committed");
         if let Some(a) = self.eng.audit.as_deref_mut() {
             a.flush()
                 .map_err(|e| EngineError::Io(format!("audit trail: {e}")))?;
         }
+        crate::faults::point("audit flushed");
         Ok(())
     }
 
@@ -1489,6 +1492,7 @@ impl Applier<'_, '_> {
                     }
                 })
                 .collect();
+            crate::faults::point("batch staged");
             // Durable before any rename exposes it (SPEC invariant 2).
             let mut flush_err = None;
             for s in [Side::A, Side::B] {

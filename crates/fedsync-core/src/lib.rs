@@ -6,6 +6,7 @@ pub mod audit;
 pub mod config;
 pub mod engine;
 pub mod entry;
+pub mod faults;
 pub mod home;
 pub mod inspect;
 pub mod path;

@@ -128,13 +128,20 @@ pub fn main() -> i32 {
     };
     let color = !cli.no_color && std::env::var_os("NO_COLOR").is_none();
     let p = Printer::new(cli.json, cli.quiet, cli.verbose, color);
-    match run(&cli, &p) {
+    let code = match run(&cli, &p) {
         Ok(code) => code,
         Err(f) => {
             p.error(&f.msg);
             f.code
         }
+    };
+    if std::env::var_os("FEDSYNC_CRASH_COUNT").is_some() {
+        eprintln!(
+            "fedsync: crash points reached: {}",
+            fedsync_core::faults::reached()
+        );
     }
+    code
 }
 
 fn home(cli: &Cli) -> Result<Home, Fail> {

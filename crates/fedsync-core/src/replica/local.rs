@@ -552,6 +552,7 @@ impl Replica for LocalReplica {
             );
             filetime::set_file_handle_times(&out, None, Some(mtime)).map_err(io_err(path))?;
             drop(out);
+            crate::faults::point("staged");
             let (h, len) = match verified {
                 Some(v) => v,
                 None => hash_file(&tmp).map_err(io_err(path))?,
@@ -603,7 +604,10 @@ impl Replica for LocalReplica {
                 // A creation: one atomic rename that refuses to replace anything that
                 // appeared since the scan.
                 return match rename_noreplace(&tmp, &self.abs(path)) {
-                    Ok(()) => Ok((self.stat_after(path, staged.hash)?, None)),
+                    Ok(()) => {
+                        crate::faults::point("created");
+                        Ok((self.stat_after(path, staged.hash)?, None))
+                    }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         Err(ReplicaError::Changed(path.to_string()))
                     }
@@ -621,7 +625,9 @@ impl Replica for LocalReplica {
                 Some(_) => Some(self.keep_version(path, run, true)?),
                 None => None,
             };
+            crate::faults::point("version kept, before replace");
             fs::rename(&tmp, self.abs(path)).map_err(io_err(path))?;
+            crate::faults::point("replaced");
             Ok((self.stat_after(path, staged.hash)?, version))
         })();
         if r.is_err() {
@@ -640,7 +646,9 @@ impl Replica for LocalReplica {
                 Err(_) => Err(ReplicaError::NotEmpty(path.to_string())),
             };
         }
-        Ok(Some(self.keep_version(path, run, false)?))
+        let v = self.keep_version(path, run, false)?;
+        crate::faults::point("removed");
+        Ok(Some(v))
     }
 
     fn rename(&self, from: &RelPath, to: &RelPath, expect: &Entry) -> Result<Entry> {
@@ -657,6 +665,7 @@ impl Replica for LocalReplica {
             }
             Err(e) => return Err(io_err(to)(e)),
         }
+        crate::faults::point("renamed");
         self.stat_after(to, expect.hash)
     }
 
