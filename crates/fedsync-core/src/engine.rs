@@ -939,7 +939,7 @@ impl Engine<'_> {
             path: it.path.to_string(),
             action: it.decision.action.name().to_string(),
             target,
-            why: it.decision.why.clone(),
+            why: it.decision.why.to_string(),
             rule: it.rule.clone(),
             conflict: it.decision.conflict,
             outcome,
@@ -1229,7 +1229,7 @@ impl Applier<'_, '_> {
                     size: after.as_ref().map(|e| e.size),
                     version: version.clone(),
                     rule: it.rule.clone(),
-                    detail: it.decision.why.clone(),
+                    detail: it.decision.why.to_string(),
                     prev: String::new(),
                 });
             }

@@ -8,6 +8,7 @@ use crate::entry::{Entry, Hash, Kind};
 use crate::path::RelPath;
 use crate::rules::PathRules;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// One of the two replicas of a pair.
@@ -147,12 +148,12 @@ impl PairCtx {
 pub struct Decision {
     #[serde(flatten)]
     pub action: Action,
-    pub why: String,
+    pub why: Cow<'static, str>,
     /// Set when both sides changed differently (whatever settled it).
     pub conflict: bool,
 }
 
-fn d(action: Action, why: impl Into<String>) -> Decision {
+fn d(action: Action, why: impl Into<Cow<'static, str>>) -> Decision {
     Decision {
         action,
         why: why.into(),
@@ -160,7 +161,7 @@ fn d(action: Action, why: impl Into<String>) -> Decision {
     }
 }
 
-fn c(action: Action, why: impl Into<String>) -> Decision {
+fn c(action: Action, why: impl Into<Cow<'static, str>>) -> Decision {
     Decision {
         action,
         why: why.into(),
@@ -514,9 +515,10 @@ pub fn reconcile(
             if inp.unreadable.is_none() {
                 if let (Some(base), Some(a), Some(b)) = (&inp.base, &inp.a, &inp.b) {
                     if base.same_state(a) && base.same_state(b) {
+                        // The base equals both sides: keeping one copy is enough.
                         return Item {
                             path,
-                            base: inp.base,
+                            base: None,
                             a: inp.a,
                             b: inp.b,
                             decision: d(Action::None, "unchanged on both sides"),
@@ -597,7 +599,8 @@ fn free_aside_names(items: &mut [Item]) {
             it.decision.why = it
                 .decision
                 .why
-                .replace(aside.file_name(), fresh.file_name());
+                .replace(aside.file_name(), fresh.file_name())
+                .into();
             *aside = fresh;
         }
         taken.insert(aside.clone());
