@@ -203,8 +203,12 @@ impl Timing {
     }
     fn mark(&self, what: &str) {
         if let Some(c) = &self.0 {
+            let rss_mb = std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map_or(0, |pages| pages * 4096 / 1_000_000);
             eprintln!(
-                "timing: {what:<12} {:>8.1} ms",
+                "timing: {what:<12} {:>8.1} ms  rss {rss_mb} MB",
                 c.get().elapsed().as_secs_f64() * 1e3
             );
             c.set(Instant::now());
@@ -648,29 +652,33 @@ fn drop_empty_containers(entries: &mut Vec<(RelPath, Entry)>, rules: &Rules) {
     entries.retain(|_| it.next().unwrap_or(true));
 }
 
-/// Build the per-path inputs: base ∪ A ∪ B (each sorted by path), merged in order, with
-/// unreadable subtrees marked.
-pub fn build_inputs(
+/// The per-path inputs: base ∪ A ∪ B (each sorted by path), merged in order as a stream
+/// (never materialized: reconcile consumes it), with unreadable subtrees marked.
+pub fn build_inputs<'a>(
     base: Vec<(RelPath, Entry)>,
     a: Vec<(RelPath, Entry)>,
     b: Vec<(RelPath, Entry)>,
-    errors: [&[(RelPath, String)]; 2],
-    names: [&str; 2],
-    only: &[RelPath],
-) -> Vec<(RelPath, Input)> {
-    let mut out: Vec<(RelPath, Input)> = Vec::with_capacity(base.len().max(a.len()).max(b.len()));
+    errors: [&'a [(RelPath, String)]; 2],
+    names: [&'a str; 2],
+    only: &'a [RelPath],
+) -> impl Iterator<Item = (RelPath, Input)> + 'a {
     let mut its = [
         base.into_iter().peekable(),
         a.into_iter().peekable(),
         b.into_iter().peekable(),
     ];
-    loop {
-        let next = its
+    let errs: [HashMap<&str, &str>; 2] = errors.map(|es| {
+        es.iter()
+            .map(|(p, m)| (p.as_str(), m.as_str()))
+            .collect::<HashMap<_, _>>()
+    });
+    let any_errors = errs.iter().any(|e| !e.is_empty());
+    std::iter::from_fn(move || loop {
+        let path = its
             .iter_mut()
             .filter_map(|it| it.peek().map(|(p, _)| p))
-            .min()
-            .cloned();
-        let Some(path) = next else { break };
+            .min()?
+            .clone();
         let mut slots: [Option<Entry>; 3] = [None, None, None];
         for (k, it) in its.iter_mut().enumerate() {
             if it.peek().is_some_and(|(p, _)| *p == path) {
@@ -680,43 +688,33 @@ pub fn build_inputs(
         if !only.is_empty() && !only.iter().any(|o| path.starts_with(o)) {
             continue;
         }
+        let mut unreadable = None;
+        if any_errors {
+            for (side, es) in errs.iter().enumerate() {
+                let hit = std::iter::once(path.as_str())
+                    .chain(path.ancestors())
+                    .find_map(|q| es.get(q).map(|m| (q, *m)));
+                if let Some((q, m)) = hit {
+                    let at = if q == path.as_str() {
+                        String::new()
+                    } else {
+                        format!(" (at {q})")
+                    };
+                    unreadable = Some(format!("unreadable on {}{at}: {m}", names[side]));
+                }
+            }
+        }
         let [base, a, b] = slots;
-        out.push((
+        return Some((
             path,
             Input {
                 base,
                 a,
                 b,
-                unreadable: None,
+                unreadable,
             },
         ));
-    }
-    let errs: [HashMap<&str, &str>; 2] = errors.map(|es| {
-        es.iter()
-            .map(|(p, m)| (p.as_str(), m.as_str()))
-            .collect::<HashMap<_, _>>()
-    });
-    if errs.iter().any(|e| !e.is_empty()) {
-        for (p, inp) in out.iter_mut() {
-            for (side, es) in errs.iter().enumerate() {
-                if es.is_empty() {
-                    continue;
-                }
-                let hit = std::iter::once(p.as_str())
-                    .chain(p.ancestors())
-                    .find_map(|q| es.get(q).map(|m| (q, *m)));
-                if let Some((q, m)) = hit {
-                    let at = if q == p.as_str() {
-                        String::new()
-                    } else {
-                        format!(" (at {q})")
-                    };
-                    inp.unreadable = Some(format!("unreadable on {}{at}: {m}", names[side]));
-                }
-            }
-        }
-    }
-    out
+    })
 }
 
 impl Engine<'_> {

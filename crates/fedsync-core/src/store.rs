@@ -176,6 +176,54 @@ fn decode_base(mut b: &[u8]) -> Option<Vec<(RelPath, Entry)>> {
     Some(rows)
 }
 
+/// A replica's scan cache as stored: decoded row by row while a scan merges it with the
+/// walk, so a large tree's cache is never held as one decoded object per file.
+#[derive(Debug, Default)]
+pub struct CacheBlob(Vec<u8>);
+
+impl CacheBlob {
+    /// Rows in path order; stops at the first damaged row (the rest is simply re-hashed).
+    pub fn rows(&self) -> CacheIter<'_> {
+        let b = self.0.as_slice();
+        CacheIter(b.strip_prefix(b"FSC1".as_slice()).unwrap_or(&[]))
+    }
+}
+
+pub struct CacheIter<'a>(&'a [u8]);
+
+impl<'a> Iterator for CacheIter<'a> {
+    type Item = (&'a str, Cached);
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = &mut self.0;
+        if b.is_empty() {
+            return None;
+        }
+        let row = (|| {
+            let n = u32_(b)? as usize;
+            let path = std::str::from_utf8(take(b, n)?).ok()?;
+            let size = u64_(b)?;
+            let mtime = u64_(b)? as i64;
+            let dev = u64_(b)?;
+            let ino = u64_(b)?;
+            let ctime = u64_(b)? as i64;
+            let hash = Hash(take(b, 32)?.try_into().ok()?);
+            Some((
+                path,
+                Cached {
+                    size,
+                    mtime,
+                    stat: StatId { dev, ino, ctime },
+                    hash,
+                },
+            ))
+        })();
+        if row.is_none() {
+            self.0 = &[];
+        }
+        row
+    }
+}
+
 /// Scan cache rows, sorted by path; serialized as one blob per replica (a cache: losing it
 /// costs a re-hash, never correctness, so it is rewritten once per run, not per file).
 pub type CacheRows = Vec<(RelPath, Cached)>;
@@ -195,33 +243,6 @@ fn encode_cache(rows: &[(RelPath, Cached)]) -> Vec<u8> {
         out.extend_from_slice(&c.hash.0);
     }
     out
-}
-
-fn decode_cache(mut b: &[u8]) -> Option<CacheRows> {
-    if take(&mut b, 4)? != b"FSC1" {
-        return None;
-    }
-    let mut rows = Vec::new();
-    while !b.is_empty() {
-        let n = u32_(&mut b)? as usize;
-        let path = RelPath::new(std::str::from_utf8(take(&mut b, n)?).ok()?).ok()?;
-        let size = u64_(&mut b)?;
-        let mtime = u64_(&mut b)? as i64;
-        let dev = u64_(&mut b)?;
-        let ino = u64_(&mut b)?;
-        let ctime = u64_(&mut b)? as i64;
-        let hash = Hash(take(&mut b, 32)?.try_into().ok()?);
-        rows.push((
-            path,
-            Cached {
-                size,
-                mtime,
-                stat: StatId { dev, ino, ctime },
-                hash,
-            },
-        ));
-    }
-    Some(rows)
 }
 
 impl Store {
@@ -404,8 +425,8 @@ impl Store {
             .map(|i| rows[i].1.clone()))
     }
 
-    /// The scan cache of a replica, sorted by path. A damaged cache reads as empty.
-    pub fn load_cache(&self, replica: &str) -> Result<CacheRows> {
+    /// The scan cache of a replica (rows sorted by path).
+    pub fn load_cache(&self, replica: &str) -> Result<CacheBlob> {
         let blob: Option<Vec<u8>> = self
             .conn
             .query_row(
@@ -415,7 +436,7 @@ impl Store {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(blob.and_then(|b| decode_cache(&b)).unwrap_or_default())
+        Ok(CacheBlob(blob.unwrap_or_default()))
     }
 
     pub fn save_cache(&self, replica: &str, rows: &[(RelPath, Cached)]) -> Result<()> {

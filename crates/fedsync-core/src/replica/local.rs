@@ -5,7 +5,7 @@ use super::{io_err, Probe, Replica, ReplicaError, Result, Scan, ScanOptions, Sta
 use crate::entry::{Entry, Hash, Kind, StatId};
 use crate::path::RelPath;
 use crate::rules::Rules;
-use crate::store::Cached;
+use crate::store::CacheBlob;
 use rayon::prelude::*;
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -326,6 +326,26 @@ impl LocalReplica {
     }
 }
 
+/// Reorder `v` so that `v[i]` becomes the old `v[order[i]]`, by following cycles
+/// (`order` is consumed as scratch space).
+fn apply_permutation<T>(v: &mut [T], order: &mut [u32]) {
+    for start in 0..v.len() {
+        if order[start] as usize == start {
+            continue;
+        }
+        let mut cur = start;
+        loop {
+            let next = order[cur] as usize;
+            order[cur] = cur as u32;
+            if next == start {
+                break;
+            }
+            v.swap(cur, next);
+            cur = next;
+        }
+    }
+}
+
 /// Rename without replacing an existing `to` (RENAME_NOREPLACE; on filesystems without
 /// it, a check right before a plain rename).
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
@@ -419,48 +439,40 @@ impl Replica for LocalReplica {
         Ok(n)
     }
 
-    fn scan(&self, rules: &Rules, cache: &[(RelPath, Cached)], opts: &ScanOptions) -> Result<Scan> {
+    fn scan(&self, rules: &Rules, cache: &CacheBlob, opts: &ScanOptions) -> Result<Scan> {
         let started = now_ns();
         let out = Mutex::new(Vec::new());
         let errors = Mutex::new(Vec::new());
         self.walk(&RelPath::root(), rules, &opts.only, &out, &errors);
         let chunks = out.into_inner().expect("lock");
         let mut errors = errors.into_inner().expect("lock");
-        // Sort by path without moving the (large) entries around: sort indices, then take.
-        let mut slots: Vec<Option<(RelPath, Entry)>> =
+        // Sort by path without moving the (large) entries around while comparing: sort
+        // indices, then apply the permutation in place (no second copy of the entries).
+        let mut entries: Vec<(RelPath, Entry)> =
             Vec::with_capacity(chunks.iter().map(Vec::len).sum());
         for c in chunks {
-            slots.extend(c.into_iter().map(Some));
+            entries.extend(c);
         }
-        let mut order: Vec<u32> = (0..slots.len() as u32).collect();
-        order.par_sort_unstable_by(|&x, &y| {
-            let (x, y) = (&slots[x as usize], &slots[y as usize]);
-            x.as_ref()
-                .expect("slot")
-                .0
-                .cmp(&y.as_ref().expect("slot").0)
-        });
-        let mut entries: Vec<(RelPath, Entry)> = order
-            .into_iter()
-            .map(|i| slots[i as usize].take().expect("each slot taken once"))
-            .collect();
-        drop(slots);
+        let mut order: Vec<u32> = (0..entries.len() as u32).collect();
+        order.par_sort_unstable_by(|&x, &y| entries[x as usize].0.cmp(&entries[y as usize].0));
+        apply_permutation(&mut entries, &mut order);
 
         // Fast check: merge-join with the sorted cache; what does not match is hashed.
         let mut todo = Vec::new();
-        let mut ci = 0;
+        let mut rows = cache.rows().peekable();
         for (i, (p, e)) in entries.iter_mut().enumerate() {
             if e.kind != Kind::File {
                 continue;
             }
-            while ci < cache.len() && cache[ci].0 < *p {
-                ci += 1;
+            while rows.peek().is_some_and(|(cp, _)| *cp < p.as_str()) {
+                rows.next();
             }
-            if !opts.checksum && ci < cache.len() && cache[ci].0 == *p {
-                let c = &cache[ci].1;
-                if c.size == e.size && c.mtime == e.mtime && Some(c.stat) == e.stat {
-                    e.hash = Some(c.hash);
-                    continue;
+            if !opts.checksum {
+                if let Some((_, c)) = rows.peek().filter(|(cp, _)| *cp == p.as_str()) {
+                    if c.size == e.size && c.mtime == e.mtime && Some(c.stat) == e.stat {
+                        e.hash = Some(c.hash);
+                        continue;
+                    }
                 }
             }
             todo.push(i);
@@ -696,5 +708,23 @@ impl Replica for LocalReplica {
         fs::set_permissions(self.abs(path), fs::Permissions::from_mode(mode))
             .map_err(io_err(path))?;
         self.stat_after(path, expect.hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::apply_permutation;
+
+    #[test]
+    fn permutation_is_applied_in_place() {
+        let mut v = vec!["d", "b", "a", "c", "e"];
+        // sorted order of indices: a(2) b(1) c(3) d(0) e(4)
+        let mut order = vec![2, 1, 3, 0, 4];
+        apply_permutation(&mut v, &mut order);
+        assert_eq!(v, vec!["a", "b", "c", "d", "e"]);
+        let mut v: Vec<u32> = (0..100).rev().collect();
+        let mut order: Vec<u32> = (0..100).rev().collect();
+        apply_permutation(&mut v, &mut order);
+        assert_eq!(v, (0..100).collect::<Vec<_>>());
     }
 }

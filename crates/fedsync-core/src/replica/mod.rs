@@ -6,7 +6,7 @@ pub mod local;
 use crate::entry::{Entry, Hash};
 use crate::path::RelPath;
 use crate::rules::Rules;
-use crate::store::Cached;
+use crate::store::CacheBlob;
 use std::path::Path;
 
 /// Errors of replica operations. Each names the path; the engine adds the replica.
@@ -101,7 +101,7 @@ pub trait Replica: Send + Sync {
     fn write_marker(&self, id: &str) -> Result<()>;
     /// Remove stray temporary files left by an interrupted run. Returns how many.
     fn clean_temp(&self) -> Result<usize>;
-    fn scan(&self, rules: &Rules, cache: &[(RelPath, Cached)], opts: &ScanOptions) -> Result<Scan>;
+    fn scan(&self, rules: &Rules, cache: &CacheBlob, opts: &ScanOptions) -> Result<Scan>;
     /// Current state of one path, hashed (for `why` and re-checks).
     fn entry(&self, path: &RelPath, hash: bool) -> Result<Option<Entry>>;
     /// Open a file for reading.
