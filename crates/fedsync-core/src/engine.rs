@@ -631,6 +631,11 @@ fn base_of(e: &Entry) -> Entry {
     }
 }
 
+/// How many per-path state changes may pile up before the whole snapshot is rewritten.
+fn compact_threshold(tree: usize) -> usize {
+    (tree / 8).max(2000)
+}
+
 /// Directories that exist only to lead to included paths are synced only when something
 /// included lies inside them (no empty skeleton of excluded folders).
 fn drop_empty_containers(entries: &mut Vec<(RelPath, Entry)>, rules: &Rules) {
@@ -774,6 +779,7 @@ impl Engine<'_> {
             || ra.scan(rules, &cache_a, &sopts),
             || rb.scan(rules, &cache_b, &sopts),
         );
+        let cache_deltas = [cache_a.delta_len(), cache_b.delta_len()];
         drop((cache_a, cache_b));
         timing.mark("scan");
         let (mut scan_a, mut scan_b) = match (scan_a, scan_b) {
@@ -812,7 +818,10 @@ impl Engine<'_> {
         self.progress.scanned(&names[1], scanned[1]);
         let hashed_files = scan_a.hashed_files + scan_b.hashed_files;
         let base_files = base.iter().filter(|(_, e)| !e.is_dir()).count() as u64;
-        let cache_dirty = [scan_a.hashed_files > 0, scan_b.hashed_files > 0];
+        let hashed_paths = [
+            std::mem::take(&mut scan_a.hashed_paths),
+            std::mem::take(&mut scan_b.hashed_paths),
+        ];
         let scan_started = scan_a.started_ns.min(scan_b.started_ns);
         let inputs = build_inputs(
             base,
@@ -905,7 +914,7 @@ impl Engine<'_> {
             cache_over: [HashMap::new(), HashMap::new()],
         };
         ap.run()?;
-        ap.save_caches(cache_dirty, scan_started)?;
+        ap.save_caches(hashed_paths, cache_deltas, scan_started)?;
         ap.eng.seq_base += items.len();
         timing.mark("apply");
         let Applier {
@@ -914,7 +923,11 @@ impl Engine<'_> {
             versions,
             ..
         } = ap;
-        self.store.compact_base(pair)?;
+        // Fold the per-path base changes into a new snapshot once they are a noticeable
+        // share of the tree: a run with a few changes writes a few rows, not the whole base.
+        if self.store.base_delta_len(pair)? > compact_threshold(items.len()) {
+            self.store.compact_base(pair)?;
+        }
         for (i, it) in items.iter().enumerate() {
             let outcome = match &outcomes[i] {
                 Some(o) => o.clone(),
@@ -1145,9 +1158,12 @@ impl Applier<'_, '_> {
         self.phase_copies()?;
         self.phase_modes();
 
-        // Renames and new directory entries durable too.
-        for r in self.reps {
-            let _ = r.flush();
+        // Renames and new directory entries durable too (nothing to flush after a no-op:
+        // syncfs would wait for other programs' writes).
+        if changing > 0 {
+            for r in self.reps {
+                let _ = r.flush();
+            }
         }
         self.commit_ops()?;
         Ok(())
@@ -1265,30 +1281,60 @@ impl Applier<'_, '_> {
         self.cache_over[side.idx()].insert(path.clone(), None);
     }
 
-    /// Rewrite each side's scan cache from the final state: scanned entries, overridden by
-    /// what this run wrote. Skipped when nothing was hashed or written on that side.
-    fn save_caches(&mut self, dirty: [bool; 2], started: i64) -> Result<(), EngineError> {
+    /// Update each side's scan cache: the rows of files hashed or written this run, as
+    /// deltas when they are few, else a full rewrite from the final state.
+    fn save_caches(
+        &mut self,
+        hashed: [Vec<RelPath>; 2],
+        deltas: [usize; 2],
+        started: i64,
+    ) -> Result<(), EngineError> {
         let limit = started - crate::replica::local::RACY_NS;
+        let row_of = |e: &Entry| match (e.hash, e.stat) {
+            (Some(h), Some(st)) if e.is_file() && e.mtime < limit => Some(Cached {
+                size: e.size,
+                mtime: e.mtime,
+                stat: st,
+                hash: h,
+            }),
+            _ => None,
+        };
         for side in [Side::A, Side::B] {
             let over = &self.cache_over[side.idx()];
-            if !dirty[side.idx()] && over.is_empty() {
+            let hp = &hashed[side.idx()];
+            if hp.is_empty() && over.is_empty() {
+                continue;
+            }
+            let changes = hp.len() + over.len();
+            if changes + deltas[side.idx()] <= compact_threshold(self.items.len()) {
+                let mut rows: Vec<(RelPath, Option<Cached>)> = Vec::with_capacity(changes);
+                for p in hp {
+                    if over.contains_key(p) {
+                        continue;
+                    }
+                    let row = self
+                        .items
+                        .binary_search_by(|it| it.path.cmp(p))
+                        .ok()
+                        .and_then(|i| self.items[i].side(side))
+                        .and_then(row_of);
+                    rows.push((p.clone(), row));
+                }
+                for (p, r) in over {
+                    rows.push((p.clone(), r.clone().filter(|c| c.mtime < limit)));
+                }
+                self.eng
+                    .store
+                    .save_cache_deltas(&self.ids[side.idx()], &rows)?;
                 continue;
             }
             let mut rows: Vec<(RelPath, Cached)> = Vec::with_capacity(self.items.len());
             for it in self.items {
                 let row = match over.get(&it.path) {
-                    Some(r) => r.clone(),
-                    None => it.side(side).and_then(|e| match (e.hash, e.stat) {
-                        (Some(h), Some(st)) if e.is_file() => Some(Cached {
-                            size: e.size,
-                            mtime: e.mtime,
-                            stat: st,
-                            hash: h,
-                        }),
-                        _ => None,
-                    }),
+                    Some(r) => r.clone().filter(|c| c.mtime < limit),
+                    None => it.side(side).and_then(row_of),
                 };
-                if let Some(c) = row.filter(|c| c.mtime < limit) {
+                if let Some(c) = row {
                     rows.push((it.path.clone(), c));
                 }
             }

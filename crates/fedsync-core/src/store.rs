@@ -67,6 +67,9 @@ CREATE TABLE IF NOT EXISTS base_delta (
   pair INTEGER NOT NULL, path TEXT NOT NULL, entry BLOB,
   PRIMARY KEY (pair, path)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS scan_cache (replica TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS cache_delta (
+  replica TEXT NOT NULL, path TEXT NOT NULL, data BLOB,
+  PRIMARY KEY (replica, path)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, started TEXT NOT NULL, finished TEXT,
   status TEXT NOT NULL, summary TEXT NOT NULL DEFAULT '{}');
@@ -179,17 +182,50 @@ fn decode_base(mut b: &[u8]) -> Option<Vec<(RelPath, Entry)>> {
 /// A replica's scan cache as stored: decoded row by row while a scan merges it with the
 /// walk, so a large tree's cache is never held as one decoded object per file.
 #[derive(Debug, Default)]
-pub struct CacheBlob(Vec<u8>);
+pub struct CacheBlob {
+    blob: Vec<u8>,
+    /// Rows changed since the blob was written (None = removed), sorted by path.
+    deltas: Vec<(String, Option<Cached>)>,
+}
 
 impl CacheBlob {
-    /// Rows in path order; stops at the first damaged row (the rest is simply re-hashed).
-    pub fn rows(&self) -> CacheIter<'_> {
-        let b = self.0.as_slice();
-        CacheIter(b.strip_prefix(b"FSC1".as_slice()).unwrap_or(&[]))
+    /// Rows in path order, the changes since the last full write applied.
+    pub fn rows(&self) -> impl Iterator<Item = (&str, Cached)> + '_ {
+        let b = self.blob.as_slice();
+        let mut base = CacheIter(b.strip_prefix(b"FSC1".as_slice()).unwrap_or(&[])).peekable();
+        let mut d = self.deltas.iter().peekable();
+        std::iter::from_fn(move || loop {
+            let take_delta = match (base.peek(), d.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((bp, _)), Some((dp, _))) => {
+                    if dp.as_str() == *bp {
+                        base.next();
+                        true
+                    } else {
+                        dp.as_str() < *bp
+                    }
+                }
+            };
+            if take_delta {
+                let (p, c) = d.next().expect("peeked");
+                if let Some(c) = c {
+                    return Some((p.as_str(), c.clone()));
+                }
+            } else {
+                return base.next();
+            }
+        })
+    }
+
+    /// How many rows changed since the last full write.
+    pub fn delta_len(&self) -> usize {
+        self.deltas.len()
     }
 }
 
-pub struct CacheIter<'a>(&'a [u8]);
+struct CacheIter<'a>(&'a [u8]);
 
 impl<'a> Iterator for CacheIter<'a> {
     type Item = (&'a str, Cached);
@@ -201,21 +237,7 @@ impl<'a> Iterator for CacheIter<'a> {
         let row = (|| {
             let n = u32_(b)? as usize;
             let path = std::str::from_utf8(take(b, n)?).ok()?;
-            let size = u64_(b)?;
-            let mtime = u64_(b)? as i64;
-            let dev = u64_(b)?;
-            let ino = u64_(b)?;
-            let ctime = u64_(b)? as i64;
-            let hash = Hash(take(b, 32)?.try_into().ok()?);
-            Some((
-                path,
-                Cached {
-                    size,
-                    mtime,
-                    stat: StatId { dev, ino, ctime },
-                    hash,
-                },
-            ))
+            Some((path, decode_cached(b)?))
         })();
         if row.is_none() {
             self.0 = &[];
@@ -235,6 +257,13 @@ fn encode_cache(rows: &[(RelPath, Cached)]) -> Vec<u8> {
         let ps = p.as_str().as_bytes();
         out.extend_from_slice(&(ps.len() as u32).to_le_bytes());
         out.extend_from_slice(ps);
+        encode_cached(&mut out, c);
+    }
+    out
+}
+
+fn encode_cached(out: &mut Vec<u8>, c: &Cached) {
+    {
         out.extend_from_slice(&c.size.to_le_bytes());
         out.extend_from_slice(&c.mtime.to_le_bytes());
         out.extend_from_slice(&c.stat.dev.to_le_bytes());
@@ -242,7 +271,21 @@ fn encode_cache(rows: &[(RelPath, Cached)]) -> Vec<u8> {
         out.extend_from_slice(&c.stat.ctime.to_le_bytes());
         out.extend_from_slice(&c.hash.0);
     }
-    out
+}
+
+fn decode_cached(b: &mut &[u8]) -> Option<Cached> {
+    let size = u64_(b)?;
+    let mtime = u64_(b)? as i64;
+    let dev = u64_(b)?;
+    let ino = u64_(b)?;
+    let ctime = u64_(b)? as i64;
+    let hash = Hash(take(b, 32)?.try_into().ok()?);
+    Some(Cached {
+        size,
+        mtime,
+        stat: StatId { dev, ino, ctime },
+        hash,
+    })
 }
 
 impl Store {
@@ -436,17 +479,84 @@ impl Store {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(CacheBlob(blob.unwrap_or_default()))
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT path, data FROM cache_delta WHERE replica = ?1 ORDER BY path")
+            .map_err(|e| self.err(e))?;
+        let deltas = st
+            .query_map([replica], |r| {
+                let p: String = r.get(0)?;
+                let d: Option<Vec<u8>> = r.get(1)?;
+                Ok((p, d.and_then(|d| decode_cached(&mut d.as_slice()))))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(CacheBlob {
+            blob: blob.unwrap_or_default(),
+            deltas,
+        })
     }
 
-    pub fn save_cache(&self, replica: &str, rows: &[(RelPath, Cached)]) -> Result<()> {
+    /// Record a few changed cache rows without rewriting the whole cache.
+    pub fn save_cache_deltas(
+        &mut self,
+        replica: &str,
+        rows: &[(RelPath, Option<Cached>)],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO cache_delta(replica, path, data) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(wrap)?;
+            for (p, c) in rows {
+                let data = c.as_ref().map(|c| {
+                    let mut v = Vec::with_capacity(72);
+                    encode_cached(&mut v, c);
+                    v
+                });
+                st.execute(params![replica, p.as_str(), data])
+                    .map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Per-path base changes written since the last snapshot.
+    pub fn base_delta_len(&self, pair: i64) -> Result<usize> {
         self.conn
-            .execute(
-                "INSERT OR REPLACE INTO scan_cache(replica, data) VALUES (?1, ?2)",
-                params![replica, encode_cache(rows)],
+            .query_row(
+                "SELECT count(*) FROM base_delta WHERE pair = ?1",
+                [pair],
+                |r| r.get::<_, i64>(0),
             )
-            .map(|_| ())
+            .map(|n| n as usize)
             .map_err(|e| self.err(e))
+    }
+
+    /// Rewrite a replica's whole cache (and drop its deltas).
+    pub fn save_cache(&mut self, replica: &str, rows: &[(RelPath, Cached)]) -> Result<()> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO scan_cache(replica, data) VALUES (?1, ?2)",
+            params![replica, encode_cache(rows)],
+        )
+        .map_err(wrap)?;
+        tx.execute("DELETE FROM cache_delta WHERE replica = ?1", [replica])
+            .map_err(wrap)?;
+        tx.commit().map_err(wrap)
     }
 
     /// Start a write batch; everything until `Batch::commit` is one transaction.

@@ -498,6 +498,7 @@ impl Replica for LocalReplica {
                 Ok(h) => {
                     scan.hashed_files += 1;
                     scan.hashed_bytes += entries[i].1.size;
+                    scan.hashed_paths.push(entries[i].0.clone());
                     entries[i].1.hash = Some(h);
                 }
                 // The entry stays (so it is never read as deleted) but is marked unreadable.

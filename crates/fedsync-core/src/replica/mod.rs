@@ -75,6 +75,8 @@ pub struct Scan {
     pub errors: Vec<(RelPath, String)>,
     pub hashed_files: u64,
     pub hashed_bytes: u64,
+    /// The files hashed by this scan (their cache rows change).
+    pub hashed_paths: Vec<RelPath>,
     /// When the scan started (ns since the epoch): files modified after `started - 2 s` are
     /// not trusted from the cache next time.
     pub started_ns: i64,
