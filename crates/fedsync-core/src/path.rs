@@ -38,6 +38,15 @@ impl RelPath {
     }
 
     /// Parse and validate an untrusted `/`-separated relative path.
+    ///
+    /// ```
+    /// use fedsync_core::path::RelPath;
+    /// let p = RelPath::new("docs/notes/a.md").unwrap();
+    /// assert_eq!(p.parent().unwrap().as_str(), "docs/notes");
+    /// // What a hostile peer might send is refused:
+    /// assert!(RelPath::new("../etc/passwd").is_err());
+    /// assert!(RelPath::new("/etc/passwd").is_err());
+    /// ```
     pub fn new(s: &str) -> Result<RelPath, PathError> {
         if s.is_empty() {
             return Ok(RelPath::root());
