@@ -82,6 +82,19 @@ impl Fx {
             .prefix("fedsync-test-")
             .tempdir()
             .expect("tempdir");
+        Fx::with_tempdir(tmp)
+    }
+
+    /// Like [`Fx::new`], with the fixture's folder created inside `parent` (e.g. a tmpfs for
+    /// suites that create and delete many files).
+    pub fn new_in(parent: &Path) -> std::io::Result<Fx> {
+        let tmp = tempfile::Builder::new()
+            .prefix("fedsync-test-")
+            .tempdir_in(parent)?;
+        Ok(Fx::with_tempdir(tmp))
+    }
+
+    fn with_tempdir(tmp: TempDir) -> Fx {
         // Canonical path: the binary canonicalizes roots and prints them.
         let dir = tmp.path().canonicalize().expect("canonicalize tempdir");
         let a = dir.join("a");
