@@ -1265,16 +1265,8 @@ impl Applier<'_, '_> {
     }
 
     fn cache_written(&mut self, side: Side, path: &RelPath, e: &Entry) {
-        let row = match (e.hash, e.stat) {
-            (Some(h), Some(st)) if e.is_file() => Some(Cached {
-                size: e.size,
-                mtime: e.mtime,
-                stat: st,
-                hash: h,
-            }),
-            _ => None,
-        };
-        self.cache_over[side.idx()].insert(path.clone(), row);
+        // The racy-mtime filter is applied when the cache is saved.
+        self.cache_over[side.idx()].insert(path.clone(), Cached::of(e, i64::MAX));
     }
 
     fn cache_removed(&mut self, side: Side, path: &RelPath) {
@@ -1290,15 +1282,7 @@ impl Applier<'_, '_> {
         started: i64,
     ) -> Result<(), EngineError> {
         let limit = started - crate::replica::local::RACY_NS;
-        let row_of = |e: &Entry| match (e.hash, e.stat) {
-            (Some(h), Some(st)) if e.is_file() && e.mtime < limit => Some(Cached {
-                size: e.size,
-                mtime: e.mtime,
-                stat: st,
-                hash: h,
-            }),
-            _ => None,
-        };
+        let row_of = |e: &Entry| Cached::of(e, limit);
         for side in [Side::A, Side::B] {
             let over = &self.cache_over[side.idx()];
             let hp = &hashed[side.idx()];

@@ -34,6 +34,22 @@ pub struct Cached {
     pub hash: Hash,
 }
 
+impl Cached {
+    /// The cache row for a scanned or written file, if it is safe to trust next time: a file
+    /// with a hash and inode identity, last modified before `trusted_before` (ns).
+    pub fn of(e: &Entry, trusted_before: i64) -> Option<Cached> {
+        match (e.hash, e.stat) {
+            (Some(hash), Some(stat)) if e.is_file() && e.mtime < trusted_before => Some(Cached {
+                size: e.size,
+                mtime: e.mtime,
+                stat,
+                hash,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A run as listed by `status` and `log`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RunRow {
