@@ -892,7 +892,9 @@ impl Engine<'_> {
                     Action::Skip { reason } => Outcome::Skipped(reason.clone()),
                     _ => Outcome::Planned,
                 };
-                report.items.push(self.item_report(it, &pctx, outcome));
+                let mut r = self.item_report(it, &pctx, outcome);
+                r.bytes = planned_bytes(it);
+                report.items.push(r);
             }
             tally(&mut report, &items);
             return Ok(report);
@@ -957,6 +959,16 @@ impl Engine<'_> {
             bytes: 0,
             version: None,
         }
+    }
+}
+
+/// What an item would transfer (files only; moves and directories send nothing).
+fn planned_bytes(it: &Item) -> u64 {
+    let file_size = |e: Option<&Entry>| e.filter(|e| e.is_file()).map_or(0, |e| e.size);
+    match &it.decision.action {
+        Action::Copy { from } => file_size(it.side(*from)),
+        Action::KeepBoth { .. } => file_size(it.a.as_ref()) + file_size(it.b.as_ref()),
+        _ => 0,
     }
 }
 

@@ -249,7 +249,12 @@ impl Printer {
                 parts.push(format!("{} moved", c.moved));
             }
             if c.conflicts > 0 {
-                parts.push(self.paint("1;35", &format!("{} conflicts", c.conflicts)));
+                let word = if c.conflicts == 1 {
+                    "conflict"
+                } else {
+                    "conflicts"
+                };
+                parts.push(self.paint("1;35", &format!("{} {word}", c.conflicts)));
             }
             if c.skipped > 0 {
                 parts.push(self.paint("1;33", &format!("{} skipped", c.skipped)));
