@@ -170,16 +170,21 @@ fn decode_entry(b: &mut &[u8]) -> Option<Entry> {
     })
 }
 
-fn encode_base(rows: &[(RelPath, Entry)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rows.len() * 90 + 4);
-    out.extend_from_slice(b"FSB1");
-    for (p, e) in rows {
+/// A snapshot blob: a magic tag, then per row the path (length-prefixed) and its record.
+fn encode_rows<T>(magic: &[u8; 4], rows: &[(RelPath, T)], record: fn(&mut Vec<u8>, &T)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * 100 + 4);
+    out.extend_from_slice(magic);
+    for (p, r) in rows {
         let ps = p.as_str().as_bytes();
         out.extend_from_slice(&(ps.len() as u32).to_le_bytes());
         out.extend_from_slice(ps);
-        encode_entry(&mut out, e);
+        record(&mut out, r);
     }
     out
+}
+
+fn encode_base(rows: &[(RelPath, Entry)]) -> Vec<u8> {
+    encode_rows(b"FSB1", rows, encode_entry)
 }
 
 fn decode_base(mut b: &[u8]) -> Option<Vec<(RelPath, Entry)>> {
@@ -262,31 +267,17 @@ impl<'a> Iterator for CacheIter<'a> {
     }
 }
 
-/// Scan cache rows, sorted by path; serialized as one blob per replica (a cache: losing it
-/// costs a re-hash, never correctness, so it is rewritten once per run, not per file).
-pub type CacheRows = Vec<(RelPath, Cached)>;
-
 fn encode_cache(rows: &[(RelPath, Cached)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rows.len() * 100);
-    out.extend_from_slice(b"FSC1");
-    for (p, c) in rows {
-        let ps = p.as_str().as_bytes();
-        out.extend_from_slice(&(ps.len() as u32).to_le_bytes());
-        out.extend_from_slice(ps);
-        encode_cached(&mut out, c);
-    }
-    out
+    encode_rows(b"FSC1", rows, encode_cached)
 }
 
 fn encode_cached(out: &mut Vec<u8>, c: &Cached) {
-    {
-        out.extend_from_slice(&c.size.to_le_bytes());
-        out.extend_from_slice(&c.mtime.to_le_bytes());
-        out.extend_from_slice(&c.stat.dev.to_le_bytes());
-        out.extend_from_slice(&c.stat.ino.to_le_bytes());
-        out.extend_from_slice(&c.stat.ctime.to_le_bytes());
-        out.extend_from_slice(&c.hash.0);
-    }
+    out.extend_from_slice(&c.size.to_le_bytes());
+    out.extend_from_slice(&c.mtime.to_le_bytes());
+    out.extend_from_slice(&c.stat.dev.to_le_bytes());
+    out.extend_from_slice(&c.stat.ino.to_le_bytes());
+    out.extend_from_slice(&c.stat.ctime.to_le_bytes());
+    out.extend_from_slice(&c.hash.0);
 }
 
 fn decode_cached(b: &mut &[u8]) -> Option<Cached> {
