@@ -451,19 +451,30 @@ impl Store {
             return Ok(());
         }
         let rows = self.load_base(pair)?;
+        self.replace_snapshot(
+            "INSERT OR REPLACE INTO base_snap(pair, data) VALUES (?1, ?2)",
+            "DELETE FROM base_delta WHERE pair = ?1",
+            &pair,
+            encode_base(&rows),
+        )
+    }
+
+    /// Write a snapshot blob and drop the change rows it now contains, in one transaction.
+    fn replace_snapshot(
+        &mut self,
+        write: &str,
+        clear: &str,
+        key: &dyn rusqlite::ToSql,
+        blob: Vec<u8>,
+    ) -> Result<()> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(wrap)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO base_snap(pair, data) VALUES (?1, ?2)",
-            params![pair, encode_base(&rows)],
-        )
-        .map_err(wrap)?;
-        tx.execute("DELETE FROM base_delta WHERE pair = ?1", [pair])
-            .map_err(wrap)?;
+        tx.execute(write, params![key, blob]).map_err(wrap)?;
+        tx.execute(clear, [key]).map_err(wrap)?;
         tx.commit().map_err(wrap)
     }
 
@@ -550,20 +561,12 @@ impl Store {
 
     /// Rewrite a replica's whole cache (and drop its deltas).
     pub fn save_cache(&mut self, replica: &str, rows: &[(RelPath, Cached)]) -> Result<()> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        tx.execute(
+        self.replace_snapshot(
             "INSERT OR REPLACE INTO scan_cache(replica, data) VALUES (?1, ?2)",
-            params![replica, encode_cache(rows)],
+            "DELETE FROM cache_delta WHERE replica = ?1",
+            &replica,
+            encode_cache(rows),
         )
-        .map_err(wrap)?;
-        tx.execute("DELETE FROM cache_delta WHERE replica = ?1", [replica])
-            .map_err(wrap)?;
-        tx.commit().map_err(wrap)
     }
 
     /// Start a write batch; everything until `Batch::commit` is one transaction.
