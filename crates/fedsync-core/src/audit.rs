@@ -29,6 +29,17 @@ pub struct Record {
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Moves and keep-both asides: where the item came from (on the same replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// What was at `path` before (`file`, `dir`, `symlink`; none = nothing) and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind_after: Option<String>,
+    /// Mode bits before the action (what `rollback` puts back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_before: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rule: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]

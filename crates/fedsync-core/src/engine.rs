@@ -33,6 +33,9 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(String),
+    /// A safety refusal (exit 3) with the message saying what to do.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl EngineError {
@@ -57,6 +60,8 @@ pub struct Options {
     pub wait: bool,
     /// Create missing roots that were never synced (the ad-hoc form).
     pub create_missing: bool,
+    /// On any failed item, undo everything this run applied.
+    pub atomic: bool,
 }
 
 /// Progress callbacks; the binary draws bars, tests pass `NoProgress`.
@@ -162,11 +167,26 @@ pub struct RunReport {
     pub pairs: Vec<PairReport>,
     pub warnings: Vec<String>,
     pub elapsed_ms: u64,
+    /// `--atomic` after a failure: what was undone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub atomic_undo: Option<AtomicUndo>,
+}
+
+/// What `sync --atomic` undid after a failed item.
+#[derive(Clone, Debug, Serialize)]
+pub struct AtomicUndo {
+    /// Changes of this run that were undone.
+    pub undone: usize,
+    /// Changes that could not be undone (path: why).
+    pub failed: Vec<(String, String)>,
 }
 
 impl RunReport {
     /// 0 all agree, 1 conflicts or skipped items remain, 3 refused or failed.
     pub fn exit_code(&self) -> i32 {
+        if self.atomic_undo.is_some() {
+            return 3;
+        }
         let mut code = 0;
         for p in &self.pairs {
             match p.status {
@@ -403,27 +423,17 @@ pub fn sync(
     }
 
     if !opts.dry_run {
-        let b = store.batch()?;
-        b.start_run(&run, "sync", &now_rfc3339())?;
-        b.commit()?;
-        if let Some(a) = audit.as_mut() {
-            let _ = a.append(Record {
-                time: now_rfc3339(),
-                run: run.clone(),
-                action: "run-start".into(),
-                detail: format!(
-                    "profile {}: {}",
-                    profile.name,
-                    profile
-                        .replicas
-                        .iter()
-                        .map(|r| format!("{}={}", r.name, r.raw))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ),
-                ..Default::default()
-            });
-        }
+        let detail = format!(
+            "profile {}: {}",
+            profile.name,
+            profile
+                .replicas
+                .iter()
+                .map(|r| format!("{}={}", r.name, r.raw))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        begin_run(&mut store, audit.as_mut(), &run, "sync", detail)?;
     }
 
     let mut eng = Engine {
@@ -436,6 +446,8 @@ pub fn sync(
         stamp: &stamp,
         progress,
         seq_base: 0,
+        applied: Vec::new(),
+        base_before: Vec::new(),
     };
 
     let n = profile.replicas.len();
@@ -471,19 +483,71 @@ pub fn sync(
         }
     }
 
-    let report = RunReport {
+    // --atomic: a failed item undoes everything this run applied, last change first, and
+    // puts the base of every changed path back, so the next run sees what this one saw.
+    let failed = pairs
+        .iter()
+        .any(|p| p.counts.failed > 0 || p.status == PairStatus::Failed);
+    let mut atomic_undo = None;
+    if opts.atomic && failed && !opts.dry_run {
+        let applied = std::mem::take(&mut eng.applied);
+        let base_before = std::mem::take(&mut eng.base_before);
+        let by_name: HashMap<String, &dyn Replica> = profile
+            .replicas
+            .iter()
+            .zip(&reps)
+            .filter_map(|(s, r)| r.as_ref().ok().map(|r| (s.name.clone(), r.as_ref())))
+            .collect();
+        let plan = crate::undo::plan(&applied);
+        let done = crate::undo::apply(
+            &plan.steps,
+            &by_name,
+            &run,
+            "--atomic: an item of this run failed, so its changes are undone",
+            false,
+            eng.audit.as_deref_mut(),
+            |_| {},
+        );
+        let b = eng.store.batch()?;
+        for (pair, path, e) in &base_before {
+            match e {
+                Some(e) => b.set_base(*pair, path, e)?,
+                None => b.remove_base(*pair, path)?,
+            }
+        }
+        b.commit()?;
+        let mut failed: Vec<(String, String)> = plan.impossible;
+        failed.extend(done.failed);
+        warnings.push(format!(
+            "--atomic: an item failed, so the {} changes this run made were undone{}",
+            done.done.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; {} could not be undone (see below)", failed.len())
+            }
+        ));
+        atomic_undo = Some(AtomicUndo {
+            undone: done.done.len(),
+            failed,
+        });
+    }
+
+    let mut report = RunReport {
         run: run.clone(),
         profile: profile.name.clone(),
         dry_run: opts.dry_run,
         pairs,
         warnings,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        atomic_undo,
     };
 
     if !opts.dry_run {
         let status = match report.exit_code() {
             0 => "ok",
             1 => "incomplete",
+            _ if report.atomic_undo.is_some() => "undone",
             _ => "failed",
         };
         let summary = serde_json::json!({
@@ -493,24 +557,74 @@ pub fn sync(
             "warnings": report.warnings,
             "elapsed_ms": report.elapsed_ms,
         });
-        if let Some(a) = audit.as_mut() {
-            let _ = a.append(Record {
-                time: now_rfc3339(),
-                run: run.clone(),
-                action: "run-end".into(),
-                detail: format!("status {status}"),
-                ..Default::default()
-            });
-            a.sync()
-                .map_err(|e| EngineError::Io(format!("audit trail: {e}")))?;
-            store.set_meta("audit_head", a.head())?;
+        end_run(&mut store, audit.as_mut(), &run, status, summary)?;
+        drop(store);
+        // Version retention, after every run that may have kept versions.
+        let r = &profile.versions;
+        if r.keep.is_some() || r.max_age.is_some() {
+            match crate::history::prune(home, profile, false) {
+                Ok(p) => report.warnings.extend(
+                    p.errors
+                        .into_iter()
+                        .map(|e| format!("version retention: {e}")),
+                ),
+                Err(e) => report.warnings.push(format!("version retention: {e}")),
+            }
         }
-        let b = store.batch()?;
-        b.finish_run(&run, &now_rfc3339(), status, &summary)?;
-        b.commit()?;
     }
     progress.finished();
     Ok(report)
+}
+
+/// Record the start of a run: its row in the state (status `running`, which is what crash
+/// recovery looks for) and its first audit line.
+pub(crate) fn begin_run(
+    store: &mut Store,
+    audit: Option<&mut AuditLog>,
+    run: &str,
+    kind: &str,
+    detail: String,
+) -> Result<(), EngineError> {
+    let b = store.batch()?;
+    b.start_run(run, kind, &now_rfc3339())?;
+    b.commit()?;
+    if let Some(a) = audit {
+        let _ = a.append(Record {
+            time: now_rfc3339(),
+            run: run.to_string(),
+            action: "run-start".into(),
+            detail: format!("{kind}: {detail}"),
+            ..Default::default()
+        });
+    }
+    Ok(())
+}
+
+/// Record the end of a run: the audit trail made durable, its head remembered, the run's
+/// row finished with its status and summary.
+pub(crate) fn end_run(
+    store: &mut Store,
+    audit: Option<&mut AuditLog>,
+    run: &str,
+    status: &str,
+    summary: serde_json::Value,
+) -> Result<(), EngineError> {
+    if let Some(a) = audit {
+        let _ = a.append(Record {
+            time: now_rfc3339(),
+            run: run.to_string(),
+            action: "run-end".into(),
+            detail: format!("status {status}"),
+            ..Default::default()
+        });
+        a.sync()
+            .map_err(|e| EngineError::Io(format!("audit trail: {e}")))?;
+        store.set_meta("audit_head", a.head())?;
+    }
+    let b = store.batch()?;
+    b.finish_run(run, &now_rfc3339(), status, &summary)?;
+    b.commit()?;
+    Ok(())
 }
 
 /// Finish what a killed run left behind (SPEC invariant 9). Three-way detection makes most
@@ -614,6 +728,9 @@ struct Engine<'a> {
     progress: &'a dyn Progress,
     /// Journal sequence numbers already used by earlier pairs of this run.
     seq_base: usize,
+    /// `--atomic`: the changes applied so far, and the base each changed path had before.
+    applied: Vec<Record>,
+    base_before: Vec<(i64, RelPath, Option<Entry>)>,
 }
 
 /// A state change to write in the next store batch.
@@ -1064,6 +1181,14 @@ struct Applier<'e, 'a> {
     cache_over: [HashMap<RelPath, Option<Cached>>; 2],
 }
 
+/// Where one audited step of an item acted: the path, what was there, and (renames) the
+/// path the item came from.
+struct Step<'p> {
+    path: &'p RelPath,
+    before: Option<&'p Entry>,
+    from: Option<&'p RelPath>,
+}
+
 /// A file or link to write: (item, source side, source path, destination path, metadata,
 /// what the destination must currently be).
 struct CopyJob {
@@ -1178,7 +1303,36 @@ impl Applier<'_, '_> {
             }
         }
         self.commit_ops()?;
+        if self.eng.opts.atomic {
+            self.note_base_before();
+        }
         Ok(())
+    }
+
+    /// `--atomic`: the base each path this run changed had before it.
+    fn note_base_before(&mut self) {
+        for (i, it) in self.items.iter().enumerate() {
+            if !it.decision.action.changes_something()
+                || !matches!(self.outcomes[i], Some(Outcome::Done))
+            {
+                continue;
+            }
+            let mut push = |p: &RelPath, e: Option<&Entry>| {
+                self.eng
+                    .base_before
+                    .push((self.pair, p.clone(), e.cloned()));
+            };
+            push(&it.path, it.base.as_ref());
+            match &it.decision.action {
+                Action::Move { from, .. } => {
+                    if let Ok(j) = self.items.binary_search_by(|x| x.path.cmp(from)) {
+                        push(from, self.items[j].base.as_ref());
+                    }
+                }
+                Action::KeepBoth { aside, .. } => push(aside, None),
+                _ => {}
+            }
+        }
     }
 
     fn commit_ops(&mut self) -> Result<(), EngineError> {
@@ -1229,6 +1383,24 @@ impl Applier<'_, '_> {
         result: Result<(Option<Entry>, Option<String>), ReplicaError>,
     ) -> bool {
         let it = &self.items[i];
+        let step = Step {
+            path: &it.path,
+            before: it.side(target),
+            from: None,
+        };
+        self.finish_step(i, target, step, result)
+    }
+
+    /// [`Self::finish`] for one step of an item that acts on another path than the item's
+    /// own (keep-both asides) or moves something there.
+    fn finish_step(
+        &mut self,
+        i: usize,
+        target: Side,
+        step: Step<'_>,
+        result: Result<(Option<Entry>, Option<String>), ReplicaError>,
+    ) -> bool {
+        let it = &self.items[i];
         let (outcome, state) = match &result {
             Ok(_) => (Outcome::Done, "done"),
             Err(e) if e.is_race() => (Outcome::Skipped(e.to_string()), "skipped"),
@@ -1241,23 +1413,31 @@ impl Applier<'_, '_> {
             if version.is_some() {
                 self.versions[i] = version.clone();
             }
-            let before = it.side(target);
+            let before = step.before;
+            let rec = Record {
+                time: now_rfc3339(),
+                run: self.eng.run.to_string(),
+                pair: format!("{}<->{}", self.pctx.names[0], self.pctx.names[1]),
+                path: step.path.to_string(),
+                action: it.decision.action.name().into(),
+                replica: self.pctx.name(target).to_string(),
+                hash_before: before.and_then(|e| e.hash).map(|h| h.to_hex()),
+                hash_after: after.as_ref().and_then(|e| e.hash).map(|h| h.to_hex()),
+                size: after.as_ref().map(|e| e.size),
+                version: version.clone(),
+                from: step.from.map(|p| p.to_string()),
+                kind_before: before.map(|e| e.kind.as_str().to_string()),
+                kind_after: after.as_ref().map(|e| e.kind.as_str().to_string()),
+                mode_before: before.map(|e| e.mode),
+                rule: it.rule.clone(),
+                detail: it.decision.why.to_string(),
+                prev: String::new(),
+            };
+            if self.eng.opts.atomic {
+                self.eng.applied.push(rec.clone());
+            }
             if let Some(a) = self.eng.audit.as_deref_mut() {
-                let _ = a.append(Record {
-                    time: now_rfc3339(),
-                    run: self.eng.run.to_string(),
-                    pair: format!("{}<->{}", self.pctx.names[0], self.pctx.names[1]),
-                    path: it.path.to_string(),
-                    action: it.decision.action.name().into(),
-                    replica: self.pctx.name(target).to_string(),
-                    hash_before: before.and_then(|e| e.hash).map(|h| h.to_hex()),
-                    hash_after: after.as_ref().and_then(|e| e.hash).map(|h| h.to_hex()),
-                    size: after.as_ref().map(|e| e.size),
-                    version: version.clone(),
-                    rule: it.rule.clone(),
-                    detail: it.decision.why.to_string(),
-                    prev: String::new(),
-                });
+                let _ = a.append(rec);
             }
         }
         // An item may have several steps (keep-both); the first failure sticks.
@@ -1367,6 +1547,12 @@ impl Applier<'_, '_> {
                 Ok(e) => {
                     let mut e = e;
                     e.hash = le.hash;
+                    let step = Step {
+                        path: aside,
+                        before: None,
+                        from: Some(&it.path),
+                    };
+                    self.finish_step(i, loser, step, Ok((Some(e.clone()), None)));
                     self.aside.insert(i, e);
                 }
                 Err(err) => {
@@ -1412,9 +1598,15 @@ impl Applier<'_, '_> {
                 .side(on.other())
                 .expect("moved file present on the other side");
             let r = self.rep(*on).rename(from, &it.path, old);
-            let ok = self.finish(
+            let step = Step {
+                path: &it.path,
+                before: None,
+                from: Some(from),
+            };
+            let ok = self.finish_step(
                 i,
                 *on,
+                step,
                 r.as_ref()
                     .map(|e| (Some(e.clone()), None))
                     .map_err(clone_err),
@@ -1560,9 +1752,15 @@ impl Applier<'_, '_> {
                     }
                     Err(e) => Err(e),
                 };
-                let ok = self.finish(
+                let step = Step {
+                    path: &j.dst,
+                    before: j.expect.as_ref(),
+                    from: None,
+                };
+                let ok = self.finish_step(
                     j.idx,
                     to,
+                    step,
                     r.as_ref()
                         .map(|(e, v)| (Some(e.clone()), v.clone()))
                         .map_err(clone_err),

@@ -35,3 +35,21 @@ pub fn point(what: &str) {
 pub fn reached() -> u64 {
     COUNT.load(Ordering::Relaxed)
 }
+
+/// Injected failures for tests of `--atomic` and error reporting: with
+/// `FEDSYNC_FAIL_PATHS=p1,p2`, replacing, creating or removing one of these paths on a local
+/// replica fails with a permission error, as a read-only directory would.
+pub fn fail(path: &str) -> Option<std::io::Error> {
+    static PATHS: OnceLock<Vec<String>> = OnceLock::new();
+    let paths = PATHS.get_or_init(|| {
+        std::env::var("FEDSYNC_FAIL_PATHS")
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    });
+    paths.iter().any(|p| p == path).then(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "injected failure (FEDSYNC_FAIL_PATHS)",
+        )
+    })
+}

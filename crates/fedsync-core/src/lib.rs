@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod entry;
 pub mod faults;
+pub mod history;
 pub mod home;
 pub mod inspect;
 pub mod path;
@@ -14,5 +15,7 @@ pub mod reconcile;
 pub mod replica;
 pub mod rules;
 pub mod store;
+pub mod undo;
+pub mod verify;
 
 pub use home::Home;

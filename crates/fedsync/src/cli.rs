@@ -2,6 +2,7 @@ use crate::output::{self, Printer};
 use clap::{Args, Parser, Subcommand};
 use fedsync_core::config::{Policy, Profile, ReplicaAddr};
 use fedsync_core::engine::{self, EngineError, Options};
+use fedsync_core::history;
 use fedsync_core::path::RelPath;
 use fedsync_core::Home;
 use std::path::PathBuf;
@@ -65,6 +66,42 @@ enum Cmd {
         #[arg(long)]
         verify: bool,
     },
+    /// Undo a whole run (default: the last run that changed something)
+    Rollback {
+        name: String,
+        run: Option<String>,
+        /// Also undo paths that changed since the run (their current content is kept as a version)
+        #[arg(long)]
+        force: bool,
+        /// Wait for another run of the same profile instead of failing
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Kept versions of PATH with ids, times, sizes, origin run
+    Versions { name: String, path: String },
+    /// Put a version of PATH back (itself a run, so it can be undone)
+    Restore {
+        name: String,
+        path: String,
+        /// The version to put back (an id from `fedsync versions`) [default: the newest]
+        #[arg(long, value_name = "ID")]
+        version: Option<String>,
+        /// The replica holding the version, when several do
+        #[arg(long, value_name = "REPLICA")]
+        replica: Option<String>,
+        /// Wait for another run of the same profile instead of failing
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Re-hash every file on every replica; compare with each other and the base
+    Verify { name: String },
+    /// Apply version retention (`versions = { keep, max_age }`) now
+    Prune {
+        name: String,
+        /// Show what would be removed; remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +130,9 @@ struct SyncArgs {
     /// Wait for another run of the same profile instead of failing
     #[arg(long)]
     wait: bool,
+    /// If any item fails, undo everything this run did (replicas end as before the run)
+    #[arg(long)]
+    atomic: bool,
 }
 
 /// An error with its exit code, printed once at the edge.
@@ -245,6 +285,7 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
                 paths,
                 wait: a.wait,
                 create_missing: adhoc,
+                atomic: a.atomic,
             };
             let progress = p.progress();
             let report = engine::sync(&home, &profile, &opts, &progress)?;
@@ -272,5 +313,60 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
             since.as_deref(),
             *verify,
         ),
+        Cmd::Rollback {
+            name,
+            run,
+            force,
+            wait,
+        } => {
+            let profile = load_profile(&home, name, None)?;
+            let r = history::rollback(&home, &profile, run.as_deref(), *force, *wait)?;
+            p.change_report(&r);
+            Ok(r.exit_code())
+        }
+        Cmd::Versions { name, path } => {
+            let profile = load_profile(&home, name, None)?;
+            let path = rel_arg(path)?;
+            let (list, unavailable) = history::versions(&home, &profile, &path)?;
+            p.versions(&profile.name, &path, &list, &unavailable);
+            Ok(0)
+        }
+        Cmd::Restore {
+            name,
+            path,
+            version,
+            replica,
+            wait,
+        } => {
+            let profile = load_profile(&home, name, None)?;
+            let path = rel_arg(path)?;
+            let r = history::restore(
+                &home,
+                &profile,
+                &path,
+                version.as_deref(),
+                replica.as_deref(),
+                *wait,
+            )?;
+            p.change_report(&r);
+            Ok(r.exit_code())
+        }
+        Cmd::Verify { name } => {
+            let profile = load_profile(&home, name, None)?;
+            let r = fedsync_core::verify::verify(&home, &profile)?;
+            p.verify_report(&r);
+            Ok(r.exit_code())
+        }
+        Cmd::Prune { name, dry_run } => {
+            let profile = load_profile(&home, name, None)?;
+            let _lock = engine::lock(&home, &profile.name, false)?;
+            let r = history::prune(&home, &profile, *dry_run)?;
+            p.prune_report(&profile, &r, *dry_run);
+            Ok(if r.errors.is_empty() { 0 } else { 3 })
+        }
     }
+}
+
+fn rel_arg(s: &str) -> Result<RelPath, Fail> {
+    RelPath::new(s.trim_start_matches("./").trim_end_matches('/')).map_err(|e| usage(e.to_string()))
 }

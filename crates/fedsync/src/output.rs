@@ -5,9 +5,13 @@ use fedsync_core::audit;
 use fedsync_core::config::{Profile, ReplicaAddr};
 use fedsync_core::engine::{self, Outcome, PairStatus, Progress, RunReport};
 use fedsync_core::entry::Entry;
+use fedsync_core::history::{self, ChangeReport, PruneReport};
 use fedsync_core::inspect;
+use fedsync_core::path::RelPath;
 use fedsync_core::replica::local::LocalReplica;
-use fedsync_core::replica::{Probe, Replica};
+use fedsync_core::replica::{Probe, Replica, VersionInfo};
+use fedsync_core::undo::UndoOp;
+use fedsync_core::verify::{Problem, VerifyReport};
 use fedsync_core::Home;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -279,6 +283,22 @@ impl Printer {
                 ),
             }
         }
+        if let Some(u) = &r.atomic_undo {
+            for (path, why) in &u.failed {
+                self.error(&format!("--atomic: could not undo {path}: {why}"));
+            }
+            if !self.quiet {
+                outln!(
+                    "--atomic: an item failed, so the {} changes above were undone{}",
+                    u.undone,
+                    if u.failed.is_empty() {
+                        "; every replica is as it was before the run"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
         if !self.quiet {
             let verb = if plan { "planned" } else { "done" };
             outln!(
@@ -289,6 +309,189 @@ impl Printer {
             );
         }
     }
+}
+
+impl Printer {
+    /// `rollback` and `restore`.
+    pub fn change_report(&self, r: &ChangeReport) {
+        for w in &r.warnings {
+            self.warn(w);
+        }
+        if self.json {
+            self.json_out(r);
+            return;
+        }
+        for (path, why) in &r.failed {
+            self.error(&format!("{path}: {why}"));
+        }
+        if !self.quiet {
+            for s in &r.done {
+                let what = match &s.op {
+                    UndoOp::PutBack { version } => format!("put back {version}"),
+                    UndoOp::Remove => "removed (kept as a version)".into(),
+                    UndoOp::RenameTo { to } => format!("moved back to {to}"),
+                    UndoOp::Mkdir { .. } => "directory re-created".into(),
+                    UndoOp::SetMode { mode } => format!("mode set back to {mode:o}"),
+                };
+                if self.verbose > 0 || r.done.len() <= 20 {
+                    outln!("  {:<8} {}  — {what}", s.replica, s.path);
+                }
+            }
+        }
+        if self.quiet {
+            return;
+        }
+        let what = match (&r.target, r.kind.as_str()) {
+            (Some(t), _) => format!("rolled back run {t}"),
+            (None, k) => format!("{k} done"),
+        };
+        let mut line = format!("{what}: {} changes", r.done.len());
+        if r.already > 0 {
+            line.push_str(&format!(", {} already as before", r.already));
+        }
+        if !r.failed.is_empty() {
+            line.push_str(&format!(", {} not undone", r.failed.len()));
+        }
+        outln!(
+            "{line} (run {}, itself undoable with `fedsync rollback`)",
+            r.run
+        );
+        if !r.done.is_empty() {
+            outln!(
+                "the next sync carries the restored content to the other replicas \
+                 (what they hold now is kept as a version)"
+            );
+        }
+    }
+
+    pub fn versions(
+        &self,
+        profile: &str,
+        path: &RelPath,
+        list: &[(String, VersionInfo)],
+        unavailable: &[String],
+    ) {
+        for w in unavailable {
+            self.warn(w);
+        }
+        if self.json {
+            let rows: Vec<_> = list
+                .iter()
+                .map(|(r, v)| {
+                    serde_json::json!({
+                        "replica": r, "version": history::short_id(v), "run": v.run,
+                        "path": v.path, "kind": v.kind.as_str(), "size": v.size,
+                        "mtime": fmt_ns(v.mtime), "location": v.id,
+                    })
+                })
+                .collect();
+            self.json_out(&rows);
+            return;
+        }
+        if list.is_empty() {
+            outln!("no kept versions of {path}");
+            return;
+        }
+        outln!(
+            "{:<26} {:<10} {:>10}  {:<20}",
+            "VERSION",
+            "REPLICA",
+            "SIZE",
+            "MODIFIED"
+        );
+        for (r, v) in list {
+            outln!(
+                "{:<26} {:<10} {:>10}  {:<20}",
+                history::short_id(v),
+                r,
+                human_bytes(v.size),
+                fmt_ns(v.mtime)
+            );
+        }
+        outln!("put one back with `fedsync restore {profile} {path} --version VERSION`");
+    }
+
+    pub fn verify_report(&self, r: &VerifyReport) {
+        for w in &r.warnings {
+            self.warn(w);
+        }
+        if self.json {
+            self.json_out(r);
+            return;
+        }
+        for f in &r.findings {
+            let what = match f.problem {
+                Problem::SilentChange => self.paint("1;31", "SILENT CHANGE"),
+                Problem::Unreadable => self.paint("1;31", "unreadable"),
+                Problem::Differs => self.paint("1;33", "differs"),
+            };
+            outln!("  {what}  {}  on {}: {}", f.path, f.replica, f.detail);
+        }
+        if self.quiet {
+            return;
+        }
+        let silent = r
+            .findings
+            .iter()
+            .filter(|f| f.problem == Problem::SilentChange)
+            .count();
+        outln!(
+            "verified {} files ({}) on {}: {}",
+            r.files,
+            human_bytes(r.bytes),
+            r.replicas.join(", "),
+            if r.findings.is_empty() {
+                "every replica matches the others and the base".to_string()
+            } else {
+                format!("{} findings", r.findings.len())
+            }
+        );
+        if silent > 0 {
+            outln!(
+                "a silent change is not synced by a normal run (size and mtime look unchanged): \
+                 check the file, then restore the good copy from the other replica or a version"
+            );
+        }
+    }
+
+    pub fn prune_report(&self, profile: &Profile, r: &PruneReport, dry_run: bool) {
+        for w in &r.warnings {
+            self.warn(w);
+        }
+        for e in &r.errors {
+            self.error(e);
+        }
+        if self.json {
+            self.json_out(r);
+            return;
+        }
+        let ret = &profile.versions;
+        if ret.keep.is_none() && ret.max_age.is_none() {
+            outln!(
+                "profile {} keeps every version (no `versions = {{ keep, max_age }}`): nothing to prune ({} kept)",
+                profile.name,
+                r.kept
+            );
+            return;
+        }
+        outln!(
+            "{} {} versions ({}), {} kept",
+            if dry_run { "would remove" } else { "removed" },
+            r.removed,
+            human_bytes(r.bytes_freed),
+            r.kept
+        );
+    }
+}
+
+fn fmt_ns(ns: i64) -> String {
+    chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
 }
 
 const PRESET_CODE: &[&str] = &[

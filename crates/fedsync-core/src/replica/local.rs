@@ -1,7 +1,10 @@
 //! A replica that is a folder on this machine (a disk, a mounted drive, a cloud-drive
 //! folder). The remote agent runs this same code on its side.
 
-use super::{io_err, Probe, Replica, ReplicaError, Result, Scan, ScanOptions, Staged, VersionPath};
+use super::{
+    io_err, Probe, Replica, ReplicaError, Result, Scan, ScanOptions, Staged, VersionInfo,
+    VersionPath,
+};
 use crate::entry::{Entry, Hash, Kind, StatId};
 use crate::path::RelPath;
 use crate::rules::Rules;
@@ -209,6 +212,23 @@ impl LocalReplica {
         }
         fs::rename(&src, &dest).map_err(io_err(p))?;
         Ok(rel)
+    }
+
+    /// The file of version `id`, refusing anything outside `.fedsync/versions/`.
+    fn version_abs(&self, id: &str) -> Result<PathBuf> {
+        let bad = || ReplicaError::Io {
+            path: id.to_string(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a version id"),
+        };
+        let rest = id
+            .strip_prefix(META_DIR)
+            .and_then(|r| r.strip_prefix("/versions/"))
+            .ok_or_else(bad)?;
+        let rel = RelPath::new(rest).map_err(|_| bad())?;
+        if rel.depth() < 2 {
+            return Err(bad());
+        }
+        Ok(self.root.join(META_DIR).join("versions").join(rel.as_str()))
     }
 
     fn tmp_path(&self) -> Result<(String, PathBuf)> {
@@ -613,6 +633,9 @@ impl Replica for LocalReplica {
         let tmp = self.tmp_dir().join(&staged.token);
         let r = (|| {
             self.check_parents(path)?;
+            if let Some(e) = crate::faults::fail(path.as_str()) {
+                return Err(io_err(path)(e));
+            }
             if expect.is_none() {
                 // A creation: one atomic rename that refuses to replace anything that
                 // appeared since the scan.
@@ -651,6 +674,9 @@ impl Replica for LocalReplica {
 
     fn remove(&self, path: &RelPath, expect: &Entry, run: &str) -> Result<VersionPath> {
         self.check_parents(path)?;
+        if let Some(e) = crate::faults::fail(path.as_str()) {
+            return Err(io_err(path)(e));
+        }
         self.recheck(path, Some(expect))?;
         if expect.is_dir() {
             return match fs::remove_dir(self.abs(path)) {
@@ -709,6 +735,134 @@ impl Replica for LocalReplica {
         fs::set_permissions(self.abs(path), fs::Permissions::from_mode(mode))
             .map_err(io_err(path))?;
         self.stat_after(path, expect.hash)
+    }
+
+    fn list_versions(&self, path: Option<&RelPath>) -> Result<Vec<VersionInfo>> {
+        let vdir = self.meta_dir().join("versions");
+        let runs = match fs::read_dir(&vdir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(vdir.display())(e)),
+        };
+        let mut out = Vec::new();
+        let mut push = |run: &str, rel: &str, md: &fs::Metadata| {
+            // `<path>~N` is the N+1-th version of <path> kept by the same run.
+            let orig = match rel.rsplit_once('~') {
+                Some((p, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => p,
+                _ => rel,
+            };
+            if let Some(e) = entry_from_meta(md, None) {
+                out.push(VersionInfo {
+                    id: format!("{META_DIR}/versions/{run}/{rel}"),
+                    run: run.to_string(),
+                    path: orig.to_string(),
+                    kind: e.kind,
+                    size: e.size,
+                    mtime: e.mtime,
+                });
+            }
+        };
+        for de in runs.flatten() {
+            let run = de.file_name().to_string_lossy().into_owned();
+            let rdir = de.path();
+            match path {
+                Some(p) => {
+                    let base = p.to_fs(&rdir);
+                    let Some(name) = base.file_name().map(|n| n.to_string_lossy().into_owned())
+                    else {
+                        continue;
+                    };
+                    let Some(parent) = base.parent() else {
+                        continue;
+                    };
+                    let Ok(rd) = fs::read_dir(parent) else {
+                        continue;
+                    };
+                    for f in rd.flatten() {
+                        let fname = f.file_name().to_string_lossy().into_owned();
+                        let is_ver = fname == name
+                            || fname.strip_prefix(&name).is_some_and(|r| {
+                                r.len() > 1
+                                    && r.starts_with('~')
+                                    && r[1..].bytes().all(|b| b.is_ascii_digit())
+                            });
+                        if !is_ver {
+                            continue;
+                        }
+                        if let Ok(md) = f.path().symlink_metadata() {
+                            if !md.is_dir() {
+                                let rel = match p.parent() {
+                                    Some(par) => format!("{}/{fname}", par.as_str()),
+                                    None => fname,
+                                };
+                                push(&run, &rel, &md);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for e in ignore::WalkBuilder::new(&rdir)
+                        .standard_filters(false)
+                        .build()
+                        .flatten()
+                    {
+                        let Ok(md) = e.path().symlink_metadata() else {
+                            continue;
+                        };
+                        if md.is_dir() {
+                            continue;
+                        }
+                        if let Ok(rel) = e.path().strip_prefix(&rdir) {
+                            push(&run, &rel.to_string_lossy(), &md);
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            a.path
+                .cmp(&b.path)
+                .then(b.run.cmp(&a.run))
+                .then(b.id.cmp(&a.id))
+        });
+        Ok(out)
+    }
+
+    fn stage_version(&self, id: &str) -> Result<Staged> {
+        let src = self.version_abs(id)?;
+        let md = fs::symlink_metadata(&src).map_err(io_err(id))?;
+        let (token, tmp) = self.tmp_path()?;
+        if md.file_type().is_symlink() {
+            let target = read_link_str(&src).map_err(io_err(id))?;
+            std::os::unix::fs::symlink(target, &tmp).map_err(io_err(id))?;
+            return Ok(Staged { token, hash: None });
+        }
+        // A copy (reflink / copy_file_range where the filesystem can), never a hard link:
+        // an in-place edit of the restored file must not change the kept version.
+        fs::copy(&src, &tmp).map_err(io_err(id))?;
+        let mtime = filetime::FileTime::from_last_modification_time(&md);
+        filetime::set_file_mtime(&tmp, mtime).map_err(io_err(id))?;
+        let (h, _) = hash_file(&tmp).map_err(io_err(id))?;
+        Ok(Staged {
+            token,
+            hash: Some(h),
+        })
+    }
+
+    fn remove_version(&self, id: &str) -> Result<u64> {
+        let p = self.version_abs(id)?;
+        let md = fs::symlink_metadata(&p).map_err(io_err(id))?;
+        fs::remove_file(&p).map_err(io_err(id))?;
+        // Drop folders the removal emptied, up to the versions folder itself.
+        let stop = self.meta_dir().join("versions");
+        let mut dir = p.parent().map(Path::to_path_buf);
+        while let Some(d) = dir {
+            if d == stop || !d.starts_with(&stop) || fs::remove_dir(&d).is_err() {
+                break;
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        Ok(if md.nlink() > 1 { 0 } else { md.len() })
     }
 }
 

@@ -92,6 +92,31 @@ pub struct Staged {
 /// Where an overwritten or deleted item went.
 pub type VersionPath = Option<String>;
 
+/// One kept version of a file (SPEC invariant 1), as listed by `fedsync versions`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct VersionInfo {
+    /// Where it is, relative to the replica root: `.fedsync/versions/<run>/<path>[~N]`.
+    pub id: String,
+    /// The run that kept it.
+    pub run: String,
+    /// The path it was kept from.
+    pub path: String,
+    pub kind: crate::entry::Kind,
+    pub size: u64,
+    /// Modification time of the content (ns since the epoch).
+    pub mtime: i64,
+}
+
+fn unsupported<T>(what: &str) -> Result<T> {
+    Err(ReplicaError::Io {
+        path: what.to_string(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "not supported by this kind of replica yet",
+        ),
+    })
+}
+
 /// The operations the engine needs from a replica.
 pub trait Replica: Send + Sync {
     /// How the user wrote it (for messages).
@@ -131,4 +156,19 @@ pub trait Replica: Send + Sync {
     /// Create a directory (replacing `expect` if it is a file or link, kept as a version).
     fn mkdir(&self, path: &RelPath, mode: u32, expect: Option<&Entry>, run: &str) -> Result<Entry>;
     fn set_mode(&self, path: &RelPath, mode: u32, expect: &Entry) -> Result<Entry>;
+
+    /// Kept versions: of `path` only, or all of them.
+    fn list_versions(&self, path: Option<&RelPath>) -> Result<Vec<VersionInfo>> {
+        let _ = path;
+        unsupported("versions")
+    }
+    /// Stage a copy of a kept version (a hard link where possible), hashed, for `install`.
+    /// The version itself stays where it is.
+    fn stage_version(&self, id: &str) -> Result<Staged> {
+        unsupported(id)
+    }
+    /// Delete a kept version (retention). Returns the bytes freed.
+    fn remove_version(&self, id: &str) -> Result<u64> {
+        unsupported(id)
+    }
 }
