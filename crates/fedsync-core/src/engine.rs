@@ -273,14 +273,45 @@ pub fn open_store(home: &Home, profile: &str) -> Result<Store, EngineError> {
     Ok(Store::open(&home.db_path(profile))?)
 }
 
-/// Open the replica object for a profile entry.
+/// Open the replica object for a profile entry (remote ones with the ssh settings of the
+/// environment only; see [`open_replica_in`]).
 pub fn open_replica(spec: &ReplicaSpec) -> Result<Arc<dyn Replica>, String> {
+    open_replica_with(spec, &crate::remote::Settings::new(None, None))
+}
+
+/// Open the replica object for an entry of `profile`, honouring its `ssh` and
+/// `remote_cmd` keys. An `ssh://` replica starts its agent here: an unreachable host, a
+/// failed login or a missing fedsync on the remote side is reported now, and the replica
+/// is unavailable for this run (exit 3, nothing done).
+pub fn open_replica_in(profile: &Profile, spec: &ReplicaSpec) -> Result<Arc<dyn Replica>, String> {
+    open_replica_with(
+        spec,
+        &crate::remote::Settings::new(profile.ssh.as_deref(), profile.remote_cmd.as_deref()),
+    )
+}
+
+fn open_replica_with(
+    spec: &ReplicaSpec,
+    settings: &crate::remote::Settings,
+) -> Result<Arc<dyn Replica>, String> {
     match &spec.addr {
         ReplicaAddr::Local(p) => Ok(Arc::new(LocalReplica::new(p.clone(), spec.raw.clone()))),
-        ReplicaAddr::Ssh { .. } => Err(format!(
-            "replica {} ({}): ssh:// replicas are not supported by this build yet",
-            spec.name, spec.raw
-        )),
+        ReplicaAddr::Ssh {
+            user,
+            host,
+            port,
+            path,
+        } => {
+            let target = crate::remote::client::Target {
+                user: user.clone(),
+                host: host.clone(),
+                port: *port,
+                path: path.clone(),
+            };
+            Ok(Arc::new(crate::remote::RemoteReplica::connect(
+                spec, target, settings,
+            )?))
+        }
     }
 }
 
@@ -391,8 +422,11 @@ pub fn sync(
     let (run, stamp) = new_run_id();
     let mut warnings = Vec::new();
 
-    let reps: Vec<Result<Arc<dyn Replica>, String>> =
-        profile.replicas.iter().map(open_replica).collect();
+    let reps: Vec<Result<Arc<dyn Replica>, String>> = profile
+        .replicas
+        .iter()
+        .map(|s| open_replica_in(profile, s))
+        .collect();
 
     let mut audit = if opts.dry_run {
         None

@@ -10,12 +10,15 @@ pub mod faults;
 pub mod history;
 pub mod home;
 pub mod inspect;
+pub mod merge;
 pub mod path;
 pub mod reconcile;
+pub mod remote;
 pub mod replica;
 pub mod rules;
 pub mod store;
 pub mod undo;
+pub mod validate;
 pub mod verify;
 
 pub use home::Home;

@@ -37,6 +37,9 @@ pub struct Rules {
     rules: Vec<CompiledRule>,
     default_conflict: Policy,
     conflict_override: Option<Policy>,
+    /// The profile's `paths` and `ignore` as written: a remote agent compiles its own
+    /// matchers from them to scan its side.
+    patterns: (Vec<String>, Vec<String>),
 }
 
 #[derive(Clone, Debug)]
@@ -218,6 +221,7 @@ impl Rules {
             rules,
             default_conflict: p.conflict.clone(),
             conflict_override: None,
+            patterns: (p.paths.clone(), p.ignore.clone()),
         })
     }
 
@@ -233,6 +237,11 @@ impl Rules {
     /// Excluded: matches `ignore`, or outside `paths`, or inside `.fedsync/` (always ignored,
     /// at the root). A directory that only leads to included paths (`docs` for `docs/notes/`)
     /// is not excluded, so it is created on the other side.
+    /// The `paths` and `ignore` patterns these rules were compiled from.
+    pub fn scan_patterns(&self) -> (&[String], &[String]) {
+        (&self.patterns.0, &self.patterns.1)
+    }
+
     pub fn is_excluded(&self, path: &RelPath, is_dir: bool) -> bool {
         let s = path.as_str();
         if s.is_empty() {

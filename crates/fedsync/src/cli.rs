@@ -102,6 +102,11 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The remote agent, spoken to over stdin/stdout (started via ssh by the client)
+    Serve {
+        /// The replica root on this machine
+        root: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -133,6 +138,10 @@ struct SyncArgs {
     /// If any item fails, undo everything this run did (replicas end as before the run)
     #[arg(long)]
     atomic: bool,
+    /// When a remote host has no fedsync, upload this binary to ~/.cache/fedsync there
+    /// (same OS and architecture only) and use it
+    #[arg(long)]
+    deploy_agent: bool,
 }
 
 /// An error with its exit code, printed once at the edge.
@@ -204,6 +213,11 @@ fn load_profile(home: &Home, name: &str, config: Option<&PathBuf>) -> Result<Pro
         Some(c) => c.clone(),
         None => home.profile_path(name),
     };
+    if !path.exists() && config.is_none() && name.starts_with("adhoc-") {
+        if let Some(p) = adhoc_profile(home, name) {
+            return Ok(p);
+        }
+    }
     if !path.exists() {
         return Err(usage(format!(
             "no profile named {name:?} (looked for {}). Create one with `fedsync init {name} DIR_A DIR_B`, \
@@ -214,6 +228,24 @@ fn load_profile(home: &Home, name: &str, config: Option<&PathBuf>) -> Result<Pro
     Profile::load(name, &path).map_err(|e| usage(e.to_string()))
 }
 
+/// The profile of an earlier `fedsync sync DIR_A DIR_B`, by the name its output printed.
+fn adhoc_profile(home: &Home, name: &str) -> Option<Profile> {
+    if !home.db_path(name).exists() {
+        return None;
+    }
+    let store = engine::open_store(home, name).ok()?;
+    let (_, ra) = store.replica_id("a").ok()??;
+    let (_, rb) = store.replica_id("b").ok()??;
+    let mut prof = Profile::adhoc(
+        ReplicaAddr::Local(PathBuf::from(&ra)),
+        ReplicaAddr::Local(PathBuf::from(&rb)),
+        ra,
+        rb,
+    );
+    prof.name = name.to_string();
+    Some(prof)
+}
+
 /// `NAME` or `DIR_A DIR_B` -> a profile and whether it is ad hoc.
 fn resolve_target(home: &Home, a: &SyncArgs) -> Result<(Profile, bool), Fail> {
     match a.target.as_slice() {
@@ -221,39 +253,36 @@ fn resolve_target(home: &Home, a: &SyncArgs) -> Result<(Profile, bool), Fail> {
         [ra, rb] => {
             let pa = ReplicaAddr::parse(ra).map_err(|e| usage(format!("{ra}: {e}")))?;
             let pb = ReplicaAddr::parse(rb).map_err(|e| usage(format!("{rb}: {e}")))?;
-            let (pa, pb) =
-                match (pa, pb) {
-                    (ReplicaAddr::Local(x), ReplicaAddr::Local(y)) => {
-                        (engine::canonical_root(&x), engine::canonical_root(&y))
-                    }
-                    _ => return Err(usage(
-                        "ssh:// replicas are not supported by this build yet; sync local folders",
-                    )),
-                };
-            if pa == pb || pa.starts_with(&pb) || pb.starts_with(&pa) {
-                return Err(usage(format!(
-                    "{} and {} overlap; the two roots must be separate folders",
-                    pa.display(),
-                    pb.display()
-                )));
-            }
-            if !pa.is_dir() && !pb.is_dir() {
-                return Err(Fail {
-                    code: 3,
-                    msg: format!(
-                        "neither {} nor {} exists; nothing to sync. Check the paths.",
+            let canon = |a: ReplicaAddr| match a {
+                ReplicaAddr::Local(x) => ReplicaAddr::Local(engine::canonical_root(&x)),
+                remote => remote,
+            };
+            let (pa, pb) = (canon(pa), canon(pb));
+            if let (ReplicaAddr::Local(pa), ReplicaAddr::Local(pb)) = (&pa, &pb) {
+                if pa == pb || pa.starts_with(pb) || pb.starts_with(pa) {
+                    return Err(usage(format!(
+                        "{} and {} overlap; the two roots must be separate folders",
                         pa.display(),
                         pb.display()
-                    ),
-                });
+                    )));
+                }
+                if !pa.is_dir() && !pb.is_dir() {
+                    return Err(Fail {
+                        code: 3,
+                        msg: format!(
+                            "neither {} nor {} exists; nothing to sync. Check the paths.",
+                            pa.display(),
+                            pb.display()
+                        ),
+                    });
+                }
+            } else if pa == pb {
+                return Err(usage(format!(
+                    "{pa} is given twice; give two different roots"
+                )));
             }
-            let (sa, sb) = (pa.display().to_string(), pb.display().to_string());
-            let mut prof = Profile::adhoc(
-                ReplicaAddr::Local(pa),
-                ReplicaAddr::Local(pb),
-                sa.clone(),
-                sb.clone(),
-            );
+            let (sa, sb) = (pa.to_string(), pb.to_string());
+            let mut prof = Profile::adhoc(pa, pb, sa.clone(), sb.clone());
             prof.name = engine::adhoc_name(&sa, &sb);
             Ok((prof, true))
         }
@@ -262,6 +291,10 @@ fn resolve_target(home: &Home, a: &SyncArgs) -> Result<(Profile, bool), Fail> {
 }
 
 fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
+    // The agent needs no home and prints nothing but the protocol on stdout.
+    if let Cmd::Serve { root } = &cli.cmd {
+        return Ok(fedsync_core::remote::agent::serve(root));
+    }
     let home = home(cli)?;
     match &cli.cmd {
         Cmd::Init {
@@ -287,6 +320,7 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
                 create_missing: adhoc,
                 atomic: a.atomic,
             };
+            fedsync_core::remote::set_deploy_agent(a.deploy_agent);
             let progress = p.progress();
             let report = engine::sync(&home, &profile, &opts, &progress)?;
             drop(progress);
@@ -364,6 +398,7 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
             p.prune_report(&profile, &r, *dry_run);
             Ok(if r.errors.is_empty() { 0 } else { 3 })
         }
+        Cmd::Serve { .. } => unreachable!("handled before the home is needed"),
     }
 }
 

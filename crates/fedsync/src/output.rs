@@ -301,8 +301,15 @@ impl Printer {
         }
         if !self.quiet {
             let verb = if plan { "planned" } else { "done" };
+            // The ad-hoc form has no profile file: its generated name is what `log`,
+            // `rollback`, `versions` and the other commands take.
+            let adhoc = if r.profile.starts_with("adhoc-") {
+                format!(", profile {}", r.profile)
+            } else {
+                String::new()
+            };
             outln!(
-                "{verb} in {:.2} s (run {}{})",
+                "{verb} in {:.2} s (run {}{adhoc}{})",
                 r.elapsed_ms as f64 / 1000.0,
                 r.run,
                 if plan { ", nothing changed" } else { "" }

@@ -118,8 +118,27 @@ impl LocalReplica {
         self.root.join(META_DIR)
     }
 
-    fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.meta_dir().join("tmp")
+    }
+
+    /// Open a regular file for reading, refusing symlinked parents and a final symlink
+    /// (the remote agent reads and rebuilds files through this).
+    pub(crate) fn open_regular(&self, p: &RelPath) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.check_parents(p)?;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(self.abs(p))
+            .map_err(io_err(p))?;
+        if !f.metadata().map_err(io_err(p))?.is_file() {
+            return Err(io_err(p)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        Ok(f)
     }
 
     /// Refuse to write below a symlinked directory (SPEC invariant 10).
@@ -203,15 +222,55 @@ impl LocalReplica {
             fs::create_dir_all(parent).map_err(io_err(&rel))?;
         }
         let src = self.abs(p);
+        let mut linked = false;
         if link_only {
             // A hard link keeps the old content reachable while the name is replaced in
             // one atomic rename; filesystems without links fall back to a rename.
-            if fs::hard_link(&src, &dest).is_ok() {
-                return Ok(rel);
+            linked = fs::hard_link(&src, &dest).is_ok();
+        }
+        if !linked {
+            fs::rename(&src, &dest).map_err(io_err(p))?;
+        }
+        Ok(rel)
+    }
+
+    /// Content addressing of versions: `.fedsync/objects/<hash>` is one more link to a kept
+    /// file. When the same content is kept again, the new version becomes a link to the
+    /// existing copy and its own storage is freed. Called only once the version is no longer
+    /// the live file (an in-place edit must never reach a kept version). Best effort: a
+    /// failure keeps the plain version, which is always complete.
+    fn share_version(&self, version: &Path, h: Hash) {
+        let objects = self.meta_dir().join("objects");
+        let obj = objects.join(h.to_hex());
+        let Ok(md) = fs::symlink_metadata(version) else {
+            return;
+        };
+        if !md.is_file() {
+            return;
+        }
+        match fs::symlink_metadata(&obj) {
+            // Same content, mode and mtime: a restore from either is exact.
+            Ok(o)
+                if o.len() == md.len()
+                    && o.ino() != md.ino()
+                    && o.mode() == md.mode()
+                    && o.mtime() == md.mtime()
+                    && o.mtime_nsec() == md.mtime_nsec() =>
+            {
+                // Replace the version by a link to the kept copy, atomically (a temporary
+                // link renamed over it), so the version name always holds the content.
+                let tmp =
+                    version.with_extension(format!("fedsync-link-{:08x}", rand::random::<u32>()));
+                if fs::hard_link(&obj, &tmp).is_ok() && fs::rename(&tmp, version).is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = fs::create_dir_all(&objects);
+                let _ = fs::hard_link(version, &obj);
             }
         }
-        fs::rename(&src, &dest).map_err(io_err(p))?;
-        Ok(rel)
     }
 
     /// The file of version `id`, refusing anything outside `.fedsync/versions/`.
@@ -448,6 +507,20 @@ impl Replica for LocalReplica {
         let mut n = 0;
         for de in rd.flatten() {
             let p = de.path();
+            // Remote transfers resume from `partial-<hash>` files: keep them (for a while).
+            if de
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(crate::remote::PARTIAL_PREFIX))
+                && de
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age < crate::remote::PARTIAL_MAX_AGE)
+            {
+                continue;
+            }
             let r = if de.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 fs::remove_dir_all(&p)
             } else {
@@ -547,6 +620,11 @@ impl Replica for LocalReplica {
     }
 
     fn stage_file(&self, src: &dyn Replica, path: &RelPath, meta: &Entry) -> Result<Staged> {
+        // A remote source: fetched by delta against the file here, in the background and
+        // pipelined with the other files of the batch; `flush` and `install` wait for it.
+        if let Some(remote) = src.as_remote() {
+            return remote.pull_into(self, path, meta);
+        }
         let (token, tmp) = self.tmp_path()?;
         let result = (|| -> Result<Hash> {
             let mut out = fs::OpenOptions::new()
@@ -614,10 +692,12 @@ impl Replica for LocalReplica {
     }
 
     fn discard(&self, staged: Staged) {
+        let _ = crate::remote::take_pull(&self.tmp_dir().join(&staged.token));
         let _ = fs::remove_file(self.tmp_dir().join(staged.token));
     }
 
     fn flush(&self) -> Result<()> {
+        crate::remote::wait_pulls(&self.tmp_dir());
         let f = File::open(&self.root).map_err(io_err(self.root.display()))?;
         rustix::fs::syncfs(&f).map_err(|e| io_err(self.root.display())(e.into()))?;
         Ok(())
@@ -631,6 +711,8 @@ impl Replica for LocalReplica {
         run: &str,
     ) -> Result<(Entry, VersionPath)> {
         let tmp = self.tmp_dir().join(&staged.token);
+        // A file pulled from a remote replica: its transfer's outcome (e.g. a hash mismatch).
+        crate::remote::take_pull(&tmp)?;
         let r = (|| {
             self.check_parents(path)?;
             if let Some(e) = crate::faults::fail(path.as_str()) {
@@ -664,6 +746,9 @@ impl Replica for LocalReplica {
             crate::faults::point("version kept, before replace");
             fs::rename(&tmp, self.abs(path)).map_err(io_err(path))?;
             crate::faults::point("replaced");
+            if let (Some(v), Some(h)) = (&version, expect.and_then(|e| e.hash)) {
+                self.share_version(&self.root.join(v), h);
+            }
             Ok((self.stat_after(path, staged.hash)?, version))
         })();
         if r.is_err() {
@@ -686,6 +771,9 @@ impl Replica for LocalReplica {
             };
         }
         let v = self.keep_version(path, run, false)?;
+        if let Some(h) = expect.hash.filter(|_| expect.is_file()) {
+            self.share_version(&self.root.join(&v), h);
+        }
         crate::faults::point("removed");
         Ok(Some(v))
     }
@@ -847,6 +935,24 @@ impl Replica for LocalReplica {
             token,
             hash: Some(h),
         })
+    }
+
+    fn collect_garbage(&self) -> Result<u64> {
+        let dir = self.meta_dir().join("objects");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err(dir.display())(e)),
+        };
+        let mut freed = 0;
+        for de in rd.flatten() {
+            if let Ok(md) = de.path().symlink_metadata() {
+                if md.is_file() && md.nlink() == 1 && fs::remove_file(de.path()).is_ok() {
+                    freed += md.len();
+                }
+            }
+        }
+        Ok(freed)
     }
 
     fn remove_version(&self, id: &str) -> Result<u64> {

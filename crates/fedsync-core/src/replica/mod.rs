@@ -123,6 +123,11 @@ pub trait Replica: Send + Sync {
     fn describe(&self) -> String;
     /// The root on this machine, when local (enables reflink / copy_file_range).
     fn local_root(&self) -> Option<&Path>;
+    /// The remote replica behind this one, when it is one (a local target then fetches
+    /// from it by delta instead of reading it whole).
+    fn as_remote(&self) -> Option<&crate::remote::RemoteReplica> {
+        None
+    }
     fn probe(&self) -> Result<Probe>;
     /// Create the root if needed and write the marker.
     fn write_marker(&self, id: &str) -> Result<()>;
@@ -170,5 +175,9 @@ pub trait Replica: Send + Sync {
     /// Delete a kept version (retention). Returns the bytes freed.
     fn remove_version(&self, id: &str) -> Result<u64> {
         unsupported(id)
+    }
+    /// Free shared version content no version refers to any more. Returns the bytes freed.
+    fn collect_garbage(&self) -> Result<u64> {
+        Ok(0)
     }
 }

@@ -1,0 +1,738 @@
+//! SPEC section 5, invariant 4 under a real concurrent writer: "a change made during a run is
+//! never clobbered: the target is re-checked right before it is replaced; if it changed since
+//! the scan, that item is skipped and picked up next run".
+//!
+//! Writer threads keep modifying files on both replicas, the way people and programs do
+//! (in-place rewrites, appends, write-to-temp-and-rename, new files), while `fedsync sync`
+//! runs again and again. Every write is logged as (replica, path, content). The interleaving
+//! differs on every run of the test, so the assertions are only the ones that must hold for
+//! every interleaving:
+//! - no write is lost: the last write to each path on each side is still at that path, in a
+//!   keep-both conflict copy, or kept as a version on that side;
+//! - nothing is torn: every file holds exactly a content somebody wrote in full;
+//! - once the writers stop, at most two more syncs make both trees identical.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// Small files in the synced tree, spread over a few folders.
+const SMALL: usize = 300;
+const DIRS: usize = 10;
+/// Large files (a few MB each).
+const BIG: usize = 4;
+/// Syncs run while the writers write.
+const CONCURRENT_RUNS: usize = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::A => "a",
+            Side::B => "b",
+        }
+    }
+}
+
+/// Identity of a content: its length and two independent 64-bit hashes of it. Contents are
+/// compared by digest so that megabytes of logged writes need not be kept in memory.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Digest(u64, u64, u64);
+
+fn digest(data: &[u8]) -> Digest {
+    // Two multiply-rotate lanes over 8-byte words (fast enough unoptimized for a few MB).
+    let (mut h1, mut h2) = (0x243f_6a88_85a3_08d3_u64, 0x1319_8a2e_0370_7344_u64);
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h1 = (h1 ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        h2 = (h2 ^ w.rotate_left(17))
+            .wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+            .rotate_left(31);
+    }
+    for (i, &b) in chunks.remainder().iter().enumerate() {
+        let w = u64::from(b) << (8 * i);
+        h1 = (h1 ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        h2 = (h2 ^ w).wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(31);
+    }
+    Digest(data.len() as u64, h1, h2)
+}
+
+/// A small deterministic generator (xorshift64*); only the writers' choices depend on it.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One logged write: after it, the file written as `path` on `side` held exactly the content
+/// with this digest (`head` is its first line, for messages).
+#[derive(Clone, Debug)]
+struct Wrote {
+    side: Side,
+    path: String,
+    op: &'static str,
+    digest: Digest,
+    head: String,
+}
+
+fn head_of(data: &[u8]) -> String {
+    let end = data
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(data.len())
+        .min(100);
+    String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
+fn small_path(i: usize) -> String {
+    format!("s/d{}/f{i:03}.txt", i % DIRS)
+}
+
+fn big_path(i: usize) -> String {
+    format!("big/b{i}.dat")
+}
+
+/// Content of a small file: a unique first line, then a few lines of filler so that sizes
+/// vary (and sometimes stay the same: same-size edits).
+fn small_content(tag: &str, extra_lines: u64) -> Vec<u8> {
+    let mut s = format!("{tag}\n");
+    for i in 0..extra_lines {
+        s.push_str(&format!("filler line {i} of a small text file\n"));
+    }
+    s.into_bytes()
+}
+
+/// Content of a large file: a unique first line, then `len` bytes of pseudo-random blocks
+/// (one 64 KiB block of noise repeated, each copy after a numbered line; cheap to build).
+fn big_content(tag: &str, len: usize) -> Vec<u8> {
+    static BLOCK: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let block = BLOCK.get_or_init(|| noise(64 * 1024, 0x5eed));
+    let mut v = Vec::with_capacity(len + block.len() + 200);
+    v.extend_from_slice(format!("{tag}\n").as_bytes());
+    let mut i = 0;
+    while v.len() < len {
+        v.extend_from_slice(format!("\nblock {i}\n").as_bytes());
+        v.extend_from_slice(block);
+        i += 1;
+    }
+    v.truncate(len.max(tag.len() + 1));
+    v
+}
+
+/// A thread that keeps writing files on one replica until told to stop, logging every
+/// write. Each replica has its own writer; their path sets overlap, so the same path is
+/// also changed on both sides (conflicts).
+struct Writer {
+    side: Side,
+    root: PathBuf,
+    rng: Rng,
+    seq: u64,
+    /// Existing files this writer edits (its share of the initial ones, then its own new ones).
+    small: Vec<String>,
+    big: Vec<String>,
+    /// Every write, in order.
+    log: Vec<Wrote>,
+    /// Every complete content this writer produced (temporary files included).
+    contents: Vec<Digest>,
+}
+
+impl Writer {
+    fn new(side: Side, root: &Path, seed: u64, small: Vec<String>, big: Vec<String>) -> Writer {
+        Writer {
+            side,
+            root: root.to_path_buf(),
+            rng: Rng(seed),
+            seq: 0,
+            small,
+            big,
+            log: Vec::new(),
+            contents: Vec::new(),
+        }
+    }
+
+    fn run(mut self, stop: &AtomicBool) -> Writer {
+        while !stop.load(Ordering::Relaxed) {
+            self.step();
+            // Up to 1.5 ms between writes: sometimes bursts, sometimes quiet.
+            let pause = self.rng.below(1500);
+            thread::sleep(Duration::from_micros(pause));
+        }
+        self
+    }
+
+    fn tag(&self, path: &str, op: &str) -> String {
+        format!(
+            "{path} | {op} on {} | write #{}",
+            self.side.name(),
+            self.seq
+        )
+    }
+
+    fn log(&mut self, path: &str, op: &'static str, data: &[u8]) {
+        let d = digest(data);
+        self.contents.push(d);
+        self.log.push(Wrote {
+            side: self.side,
+            path: path.to_string(),
+            op,
+            digest: d,
+            head: head_of(data),
+        });
+    }
+
+    fn abs(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn pick_small(&mut self) -> String {
+        let i = self.rng.below(self.small.len() as u64) as usize;
+        self.small[i].clone()
+    }
+
+    fn step(&mut self) {
+        self.seq += 1;
+        // Large files: every 50th write, an append or a full in-place rewrite.
+        if self.seq % 50 == 0 {
+            let i = self.rng.below(self.big.len() as u64) as usize;
+            let p = self.big[i].clone();
+            if self.rng.below(2) == 0 {
+                let tail = big_content(&self.tag(&p, "append"), 16 * 1024);
+                self.append(&p, &tail);
+            } else {
+                let len = 2_000_000 + self.rng.below(1_000_000) as usize;
+                let data = big_content(&self.tag(&p, "rewrite"), len);
+                self.rewrite(&p, &data);
+            }
+            return;
+        }
+        let r = self.rng.below(100);
+        let lines = self.rng.below(5);
+        match r {
+            0..=34 => {
+                let p = self.pick_small();
+                let data = small_content(&self.tag(&p, "rewrite"), lines);
+                self.rewrite(&p, &data);
+            }
+            35..=54 => {
+                let p = self.pick_small();
+                let tail = small_content(&self.tag(&p, "append"), 0);
+                self.append(&p, &tail);
+            }
+            55..=79 => {
+                let p = self.pick_small();
+                let data = small_content(&self.tag(&p, "rename"), lines);
+                self.rename_write(&p, &data);
+            }
+            80..=89 => {
+                let p = format!("new/{}-{:05}.txt", self.side.name(), self.seq);
+                let data = small_content(&self.tag(&p, "create"), lines);
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(self.abs(&p))
+                    .unwrap_or_else(|e| panic!("create {p}: {e}"));
+                f.write_all(&data)
+                    .unwrap_or_else(|e| panic!("write {p}: {e}"));
+                drop(f);
+                self.log(&p, "create", &data);
+                self.small.push(p);
+            }
+            _ => {
+                let d = self.rng.below(DIRS as u64);
+                let p = format!("s/d{d}/n-{}-{:05}.txt", self.side.name(), self.seq);
+                let data = small_content(&self.tag(&p, "create via rename"), lines);
+                self.rename_write(&p, &data);
+                self.small.push(p);
+            }
+        }
+    }
+
+    /// Truncate and write in place (same inode).
+    fn rewrite(&mut self, p: &str, data: &[u8]) {
+        let mut f = File::create(self.abs(p)).unwrap_or_else(|e| panic!("open {p}: {e}"));
+        f.write_all(data)
+            .unwrap_or_else(|e| panic!("write {p}: {e}"));
+        drop(f);
+        self.log(p, "rewrite", data);
+    }
+
+    /// Append to whatever file is there now. The content is read through the same open file
+    /// before appending, so the logged content is exactly that file's content afterwards
+    /// (nobody else writes into an existing file in place: fedsync only renames).
+    fn append(&mut self, p: &str, tail: &[u8]) {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(self.abs(p))
+            .unwrap_or_else(|e| panic!("open {p} for append: {e}"));
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)
+            .unwrap_or_else(|e| panic!("read {p}: {e}"));
+        f.write_all(tail)
+            .unwrap_or_else(|e| panic!("append to {p}: {e}"));
+        drop(f);
+        data.extend_from_slice(tail);
+        self.log(p, "append", &data);
+    }
+
+    /// Write a temporary file beside the target, then rename it over the target (what most
+    /// editors do on save).
+    fn rename_write(&mut self, p: &str, data: &[u8]) {
+        let (dir, name) = p.rsplit_once('/').expect("path with a folder");
+        let tmp = format!("{dir}/.{name}.wtmp-{}-{}", self.side.name(), self.seq);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.abs(&tmp))
+            .unwrap_or_else(|e| panic!("create {tmp}: {e}"));
+        f.write_all(data)
+            .unwrap_or_else(|e| panic!("write {tmp}: {e}"));
+        drop(f);
+        fs::rename(self.abs(&tmp), self.abs(p))
+            .unwrap_or_else(|e| panic!("rename {tmp} -> {p}: {e}"));
+        self.log(p, "rename", data);
+    }
+}
+
+/// What a tree holds (without `.fedsync`), content by digest: path -> `Some((digest, first
+/// line))` for a file, `None` for a folder, the link target's digest for a symlink.
+type Shape = BTreeMap<String, Option<(Digest, String)>>;
+
+fn shape(root: &Path) -> Shape {
+    tree_snapshot(root)
+        .into_iter()
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, n)| {
+            let v = match n {
+                Node::File { data, .. } => Some((digest(&data), head_of(&data))),
+                Node::Dir { .. } => None,
+                Node::Link { target, .. } => {
+                    let t = format!("link -> {}", target.display());
+                    Some((digest(t.as_bytes()), t))
+                }
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+/// The files of a shape: path -> (digest, first line).
+fn files(s: &Shape) -> BTreeMap<&str, &(Digest, String)> {
+    s.iter()
+        .filter_map(|(k, v)| v.as_ref().map(|f| (k.as_str(), f)))
+        .collect()
+}
+
+/// If `path` is a keep-both copy `DIR/STEM.conflict-R-YYYYMMDD-HHMMSS[-N][.EXT]`, the path
+/// it is a copy of and the replica it came from.
+fn conflict_origin(path: &str) -> Option<(String, String)> {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((d, n)) => (format!("{d}/"), n),
+        None => (String::new(), path),
+    };
+    let at = name.find(".conflict-")?;
+    let stem = &name[..at];
+    let rest = &name[at + ".conflict-".len()..];
+    let (replica, rest) = rest.split_once('-')?;
+    if rest.len() < 15 {
+        return None;
+    }
+    let (stamp, rest) = rest.split_at(15);
+    // An optional `-N` (a free name when the first one was taken), then an optional `.EXT`.
+    let rest = match rest.strip_prefix('-') {
+        Some(r) => r.trim_start_matches(|c: char| c.is_ascii_digit()),
+        None => rest,
+    };
+    let ext = match rest {
+        "" => "",
+        r => r.strip_prefix('.')?,
+    };
+    let plain = if ext.is_empty() {
+        format!("{stem}.conflict-{replica}-{stamp}")
+    } else {
+        format!("{stem}.conflict-{replica}-{stamp}.{ext}")
+    };
+    if !is_conflict_name(&plain, stem, replica, ext) {
+        return None;
+    }
+    let orig = if ext.is_empty() {
+        format!("{dir}{stem}")
+    } else {
+        format!("{dir}{stem}.{ext}")
+    };
+    Some((orig, replica.to_string()))
+}
+
+/// Versions kept on one replica: original path -> digests of the kept contents.
+fn kept_versions(root: &Path) -> HashMap<String, HashSet<Digest>> {
+    let mut out: HashMap<String, HashSet<Digest>> = HashMap::new();
+    for (run, rel) in versions(root) {
+        let orig = match rel.rsplit_once('~') {
+            Some((p, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => p,
+            _ => rel.as_str(),
+        };
+        let p = root.join(".fedsync").join("versions").join(&run).join(&rel);
+        if let Ok(data) = fs::read(&p) {
+            out.entry(orig.to_string())
+                .or_default()
+                .insert(digest(&data));
+        }
+    }
+    out
+}
+
+/// Exit code and report of one `sync --json` run (the report when stdout is one).
+fn sync_report(fx: &Fx) -> (Out, Option<serde_json::Value>) {
+    let out = fx.sync(&["--json"]);
+    let rep = serde_json::from_str(&out.stdout).ok();
+    (out, rep)
+}
+
+/// Items of a report that were not done, as "path: state: reason".
+fn not_done(rep: &serde_json::Value) -> Vec<String> {
+    items(rep)
+        .iter()
+        .filter(|i| i["outcome"]["state"] != "done")
+        .map(|i| {
+            format!(
+                "{} ({} -> {}): {}: {}",
+                i["path"].as_str().unwrap_or("?"),
+                i["action"].as_str().unwrap_or("?"),
+                i["target"].as_str().unwrap_or("-"),
+                i["outcome"]["state"].as_str().unwrap_or("?"),
+                i["outcome"]["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Invariant 4 (and 1, 2) under two concurrent writers, one per replica, that keep editing
+/// overlapping sets of files while `fedsync sync` runs eight times in a row; then the
+/// writers stop and at most two more syncs must make the replicas identical.
+#[test]
+fn concurrent_writers_on_both_sides_lose_nothing_and_tear_nothing() {
+    let fx = Fx::new();
+
+    // Every content ever known to be complete, and where it was written.
+    let mut known: HashSet<Digest> = HashSet::new();
+    // Content each path had before the writers started (initial, or set up on A).
+    let mut initial: BTreeMap<String, Digest> = BTreeMap::new();
+
+    // Both replicas start synced: a few hundred small files and a few large ones.
+    for i in 0..SMALL {
+        let p = small_path(i);
+        let data = small_content(&format!("{p} | initial"), (i % 4) as u64);
+        fx.write(&fx.a, &p, &data);
+        known.insert(digest(&data));
+        initial.insert(p, digest(&data));
+    }
+    for i in 0..BIG {
+        let p = big_path(i);
+        let data = big_content(&format!("{p} | initial"), 2_000_000 + i * 300_000);
+        fx.write(&fx.a, &p, &data);
+        known.insert(digest(&data));
+        initial.insert(p, digest(&data));
+    }
+    let readme = b"files created while syncing land here\n";
+    fx.write(&fx.a, "new/README", readme);
+    known.insert(digest(readme));
+    initial.insert("new/README".into(), digest(readme));
+    fx.sync(&[]).ok();
+    assert_eq!(contents(&fx.a), contents(&fx.b), "initial sync");
+
+    // Then A gets many modifications (old fake mtimes), so the first concurrent sync has work:
+    // half of the small files, one large file, twenty new files. They count as A's writes.
+    let mut setup: Vec<Wrote> = Vec::new();
+    let mut add_setup = |fx: &Fx, p: &str, data: &[u8], known: &mut HashSet<Digest>| {
+        fx.write(&fx.a, p, data);
+        known.insert(digest(data));
+        setup.push(Wrote {
+            side: Side::A,
+            path: p.to_string(),
+            op: "setup",
+            digest: digest(data),
+            head: head_of(data),
+        });
+    };
+    for i in (0..SMALL).step_by(2) {
+        let p = small_path(i);
+        let data = small_content(&format!("{p} | modified on a before the run"), 1);
+        add_setup(&fx, &p, &data, &mut known);
+    }
+    let p = big_path(3);
+    let data = big_content(
+        &format!("{p} | rewritten on a before the run"),
+        2_500_000,
+        7,
+    );
+    add_setup(&fx, &p, &data, &mut known);
+    for i in 0..20 {
+        let p = format!("pre/p{i:02}.txt");
+        let data = small_content(&format!("{p} | created on a before the run"), 2);
+        add_setup(&fx, &p, &data, &mut known);
+    }
+
+    // The writers: A edits small files 0..200 and large files 0-1, B edits 100..300 and 1-2;
+    // both create new files.
+    let stop = Arc::new(AtomicBool::new(false));
+    let wa = Writer::new(
+        Side::A,
+        &fx.a,
+        0x9e37_79b9_7f4a_7c15,
+        (0..200).map(small_path).collect(),
+        vec![big_path(0), big_path(1)],
+    );
+    let wb = Writer::new(
+        Side::B,
+        &fx.b,
+        0xd1b5_4a32_d192_ed03,
+        (100..SMALL).map(small_path).collect(),
+        vec![big_path(1), big_path(2)],
+    );
+    let handles: Vec<_> = [wa, wb]
+        .into_iter()
+        .map(|w| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || w.run(&stop))
+        })
+        .collect();
+
+    // Syncs while the writers write. Items that changed under the run are skipped (exit 1);
+    // nothing else may go wrong.
+    let mut skipped = 0u64;
+    let mut conflicts = 0u64;
+    let mut run_problems = Vec::new();
+    for n in 0..CONCURRENT_RUNS {
+        let (out, rep) = sync_report(&fx);
+        match &rep {
+            Some(rep) => {
+                for p in rep["pairs"].as_array().into_iter().flatten() {
+                    skipped += p["counts"]["skipped"].as_u64().unwrap_or(0);
+                    conflicts += p["counts"]["conflicts"].as_u64().unwrap_or(0);
+                }
+                if !matches!(out.code, 0 | 1) {
+                    run_problems.push(format!(
+                        "concurrent run {n} exited {}: {:#?}\n{}",
+                        out.code,
+                        not_done(rep),
+                        out.stderr
+                    ));
+                }
+            }
+            None => run_problems.push(format!("concurrent run {n}: no JSON report: {out:?}")),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writers: Vec<Writer> = handles
+        .into_iter()
+        .map(|h| h.join().expect("writer thread panicked"))
+        .collect();
+
+    // The writers have stopped: at most two more syncs converge.
+    let mut finals = Vec::new();
+    for _ in 0..2 {
+        let (out, rep) = sync_report(&fx);
+        let converged = contents(&fx.a) == contents(&fx.b);
+        let done = out.code == 0 && converged;
+        finals.push((out, rep));
+        if done {
+            break;
+        }
+    }
+    let (last, last_rep) = finals.last().expect("a final sync");
+
+    // ---- What must hold, whatever the interleaving was ----
+    let mut log: Vec<Wrote> = setup;
+    for w in &writers {
+        log.extend(w.log.iter().cloned());
+        known.extend(w.contents.iter().copied());
+    }
+    let writes_a = log.iter().filter(|w| w.side == Side::A).count();
+    let writes_b = log.len() - writes_a;
+    // The last write to each path on each side, and every content ever written at a path.
+    let mut last_write: BTreeMap<(Side, String), Wrote> = BTreeMap::new();
+    let mut written_at: HashMap<String, HashSet<Digest>> = HashMap::new();
+    for w in &log {
+        last_write.insert((w.side, w.path.clone()), w.clone());
+        written_at
+            .entry(w.path.clone())
+            .or_default()
+            .insert(w.digest);
+    }
+    for (p, d) in &initial {
+        written_at.entry(p.clone()).or_default().insert(*d);
+    }
+
+    let fa = files(&fx.a);
+    let fb = files(&fx.b);
+    let va = kept_versions(&fx.a);
+    let vb = kept_versions(&fx.b);
+    // Keep-both copies in the final trees: original path -> digests.
+    let mut copies: HashMap<String, HashSet<Digest>> = HashMap::new();
+    for tree in [&fa, &fb] {
+        for (p, data) in tree {
+            if let Some((orig, _)) = conflict_origin(p) {
+                copies.entry(orig).or_default().insert(digest(data));
+            }
+        }
+    }
+
+    let mut problems: Vec<String> = run_problems;
+
+    // (3) Converged: identical trees, and exit 0 (or 1 with the conflicts listed in status).
+    if contents(&fx.a) != contents(&fx.b) {
+        let ka: BTreeSet<_> = contents(&fx.a).into_iter().collect();
+        let kb: BTreeSet<_> = contents(&fx.b).into_iter().collect();
+        let only_a: Vec<_> = ka
+            .difference(&kb)
+            .map(|(k, _)| k.clone())
+            .take(20)
+            .collect();
+        let only_b: Vec<_> = kb
+            .difference(&ka)
+            .map(|(k, _)| k.clone())
+            .take(20)
+            .collect();
+        problems.push(format!(
+            "not converged after {} final syncs: differing on a: {only_a:?}, on b: {only_b:?}",
+            finals.len()
+        ));
+    }
+    match last.code {
+        0 => {}
+        1 => {
+            let profile = last_rep
+                .as_ref()
+                .and_then(|r| r["profile"].as_str())
+                .unwrap_or("?")
+                .to_string();
+            let st = fx.run(&["status", &profile, "--json"]);
+            let listed = serde_json::from_str::<serde_json::Value>(&st.stdout)
+                .ok()
+                .and_then(|v| v["conflicts"].as_array().map(|c| !c.is_empty()))
+                .unwrap_or(false);
+            if !listed {
+                problems.push(format!(
+                    "last sync exited 1 but status lists no conflict: {last:?}\n{st:?}"
+                ));
+            }
+        }
+        _ => problems.push(format!("last sync failed: {last:?}")),
+    }
+
+    // (2) Nothing torn: every file holds exactly a content somebody wrote in full; a file
+    // under a synced name holds that path's newest content on one of the sides; a keep-both
+    // copy holds something written at its original path; nothing else is left over.
+    for (tree, side) in [(&fa, "a"), (&fb, "b")] {
+        for (p, data) in tree.iter() {
+            let d = digest(data);
+            if !known.contains(&d) {
+                problems.push(format!(
+                    "torn or unknown content at {p} on {side}: {} bytes, starts {:?}",
+                    data.len(),
+                    head_of(data)
+                ));
+                continue;
+            }
+            if let Some((orig, _)) = conflict_origin(p) {
+                if !written_at.get(&orig).is_some_and(|s| s.contains(&d)) {
+                    problems.push(format!(
+                        "keep-both copy {p} on {side} holds {:?}, never written at {orig}",
+                        head_of(data)
+                    ));
+                }
+                continue;
+            }
+            let newest: Vec<Digest> = [Side::A, Side::B]
+                .iter()
+                .filter_map(|s| last_write.get(&(*s, p.clone())).map(|w| w.digest))
+                .collect();
+            let ok = if newest.is_empty() {
+                initial.get(p) == Some(&d)
+            } else {
+                newest.contains(&d)
+            };
+            if !ok {
+                let expected: Vec<String> = [Side::A, Side::B]
+                    .iter()
+                    .filter_map(|s| last_write.get(&(*s, p.clone())))
+                    .map(|w| format!("{:?}", w.head))
+                    .collect();
+                problems.push(format!(
+                    "{p} on {side} holds {:?}; expected the last write of a side: {expected:?} \
+                     (or the initial content if nobody wrote it)",
+                    head_of(data)
+                ));
+            }
+        }
+    }
+
+    // (1) No write lost: the last write to each path on each side is at that path on some
+    // replica, in a keep-both copy, or kept as a version on that side.
+    for ((side, p), w) in &last_write {
+        let at_path = fa.get(p).map(|d| digest(d)) == Some(w.digest)
+            || fb.get(p).map(|d| digest(d)) == Some(w.digest);
+        let in_copy = copies.get(p).is_some_and(|s| s.contains(&w.digest));
+        let vers = if *side == Side::A { &va } else { &vb };
+        let in_versions = vers.get(p).is_some_and(|s| s.contains(&w.digest));
+        if !(at_path || in_copy || in_versions) {
+            problems.push(format!(
+                "LOST: the last {} to {p} on {} ({:?}) is nowhere: {p} holds {:?} on a, {:?} on b; \
+                 {} keep-both copies, {} versions of it on {}",
+                w.op,
+                side.name(),
+                w.head,
+                fa.get(p).map(|d| head_of(d)),
+                fb.get(p).map(|d| head_of(d)),
+                copies.get(p).map_or(0, |s| s.len()),
+                vers.get(p).map_or(0, |s| s.len()),
+                side.name(),
+            ));
+        }
+    }
+
+    eprintln!(
+        "concurrent: {writes_a} writes on a, {writes_b} on b, {} paths last-written; \
+         {CONCURRENT_RUNS} concurrent syncs: {skipped} items skipped, {conflicts} conflicts; \
+         {} final sync(s), last exit {}; {} files, {} keep-both copies",
+        last_write.len(),
+        finals.len(),
+        last.code,
+        fa.len(),
+        fa.keys().filter(|p| conflict_origin(p).is_some()).count(),
+    );
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
