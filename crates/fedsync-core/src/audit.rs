@@ -37,6 +37,14 @@ pub struct Record {
     pub kind_before: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind_after: Option<String>,
+    /// Symlinks: the target before and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_after: Option<String>,
+    /// Set when the action failed or was skipped (then it changed nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Mode bits before the action (what `rollback` puts back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode_before: Option<u32>,

@@ -537,6 +537,9 @@ pub fn sync(
             &plan.steps,
             &by_name,
             &run,
+            // Versions the undo keeps go to a folder of their own: this run's folder may
+            // already hold a version at the same path.
+            &format!("{run}-undo"),
             "--atomic: an item of this run failed, so its changes are undone",
             false,
             eng.audit.as_deref_mut(),
@@ -1462,6 +1465,9 @@ impl Applier<'_, '_> {
                 from: step.from.map(|p| p.to_string()),
                 kind_before: before.map(|e| e.kind.as_str().to_string()),
                 kind_after: after.as_ref().map(|e| e.kind.as_str().to_string()),
+                link_before: before.and_then(|e| e.link.clone()),
+                link_after: after.as_ref().and_then(|e| e.link.clone()),
+                error: None,
                 mode_before: before.map(|e| e.mode),
                 rule: it.rule.clone(),
                 detail: it.decision.why.to_string(),
@@ -1473,6 +1479,24 @@ impl Applier<'_, '_> {
             if let Some(a) = self.eng.audit.as_deref_mut() {
                 let _ = a.append(rec);
             }
+        } else if let (Err(e), Some(a)) = (&result, self.eng.audit.as_deref_mut()) {
+            // Failures and skips are in the trail too (never undone: they changed nothing).
+            let _ = a.append(Record {
+                time: now_rfc3339(),
+                run: self.eng.run.to_string(),
+                pair: format!("{}<->{}", self.pctx.names[0], self.pctx.names[1]),
+                path: step.path.to_string(),
+                action: it.decision.action.name().into(),
+                replica: self.pctx.name(target).to_string(),
+                error: Some(if e.is_race() {
+                    format!("skipped: {e}")
+                } else {
+                    format!("failed: {e}")
+                }),
+                rule: it.rule.clone(),
+                detail: it.decision.why.to_string(),
+                ..Default::default()
+            });
         }
         // An item may have several steps (keep-both); the first failure sticks.
         let ok = result.is_ok();
@@ -1605,10 +1629,20 @@ impl Applier<'_, '_> {
                 continue;
             };
             let to = from.other();
-            let r = self
-                .rep(to)
-                .mkdir(&it.path, src.mode, it.side(to), self.eng.run);
-            if self.finish(i, to, r.map(|e| (Some(e), None))) {
+            let rep = self.rep(to);
+            let run = self.eng.run;
+            // A file or link in the way is removed first (kept as a version, recorded so a
+            // rollback can put it back), then the directory is made.
+            let r = match it.side(to).filter(|e| !e.is_dir()) {
+                Some(old) => rep.remove(&it.path, old, run).and_then(|v| {
+                    rep.mkdir(&it.path, src.mode, None, run)
+                        .map(|e| (Some(e), v))
+                }),
+                None => rep
+                    .mkdir(&it.path, src.mode, it.side(to), run)
+                    .map(|e| (Some(e), None)),
+            };
+            if self.finish(i, to, r) {
                 self.ops
                     .push(StateOp::SetBase(it.path.clone(), base_of(src)));
             }

@@ -106,6 +106,7 @@ fn run_steps(
         steps,
         &ready.by_name(),
         &run,
+        &run,
         &detail,
         force,
         Some(&mut audit),

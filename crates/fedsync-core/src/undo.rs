@@ -45,6 +45,7 @@ pub enum Expect {
     Absent,
     Kind(String),
     File(String),
+    Link(String),
 }
 
 /// One step of an undo plan.
@@ -64,20 +65,21 @@ fn kind_of(s: &Option<String>) -> Option<Kind> {
     s.as_deref().and_then(Kind::parse)
 }
 
-fn after_of(r: &Record) -> Expect {
-    match (kind_of(&r.kind_after), &r.hash_after) {
-        (None, _) => Expect::Absent,
-        (Some(Kind::File), Some(h)) => Expect::File(h.clone()),
-        (Some(k), _) => Expect::Kind(k.as_str().to_string()),
+fn expect_of(kind: &Option<String>, hash: &Option<String>, link: &Option<String>) -> Expect {
+    match (kind_of(kind), hash, link) {
+        (None, _, _) => Expect::Absent,
+        (Some(Kind::File), Some(h), _) => Expect::File(h.clone()),
+        (Some(Kind::Symlink), _, Some(l)) => Expect::Link(l.clone()),
+        (Some(k), _, _) => Expect::Kind(k.as_str().to_string()),
     }
 }
 
+fn after_of(r: &Record) -> Expect {
+    expect_of(&r.kind_after, &r.hash_after, &r.link_after)
+}
+
 fn before_of(r: &Record) -> Expect {
-    match (kind_of(&r.kind_before), &r.hash_before) {
-        (None, _) => Expect::Absent,
-        (Some(Kind::File), Some(h)) => Expect::File(h.clone()),
-        (Some(k), _) => Expect::Kind(k.as_str().to_string()),
-    }
+    expect_of(&r.kind_before, &r.hash_before, &r.link_before)
 }
 
 /// The inverse of one audited action, as steps to apply in order. An error says why the
@@ -186,7 +188,9 @@ pub fn undo_of(r: &Record) -> Result<Vec<UndoStep>, String> {
 pub fn changes_of(records: &[Record], run: &str) -> Vec<Record> {
     records
         .iter()
-        .filter(|r| r.run == run && !r.replica.is_empty() && !r.path.is_empty())
+        .filter(|r| {
+            r.run == run && !r.replica.is_empty() && !r.path.is_empty() && r.error.is_none()
+        })
         .cloned()
         .collect()
 }
@@ -220,6 +224,7 @@ fn matches(cur: Option<&Entry>, e: &Expect) -> bool {
         (Some(c), Expect::File(h)) => {
             c.is_file() && c.hash.map(|x| x.to_hex()).as_deref() == Some(h)
         }
+        (Some(c), Expect::Link(l)) => c.link.as_deref() == Some(l),
         _ => false,
     }
 }
@@ -234,6 +239,9 @@ fn describe(cur: Option<&Entry>) -> String {
                 .map(|h| h.to_hex()[..12].to_string())
                 .unwrap_or_default()
         ),
+        Some(e) if e.link.is_some() => {
+            format!("a symlink to {}", e.link.as_deref().unwrap_or_default())
+        }
         Some(e) => format!("a {}", e.kind.as_str()),
     }
 }
@@ -283,12 +291,14 @@ pub fn check(steps: &[UndoStep], reps: &HashMap<String, &dyn Replica>) -> Vec<(S
     changed
 }
 
-/// Apply undo steps as run `run`, appending an audit record per change. With `force`, a path
-/// that changed since the run is replaced anyway (its current content kept as a version).
+/// Apply undo steps as run `run`, appending an audit record per change; what they replace is
+/// kept under `.fedsync/versions/<version_run>/`. With `force`, a path that changed since
+/// the run is replaced anyway (its current content kept as a version).
 pub fn apply(
     steps: &[UndoStep],
     reps: &HashMap<String, &dyn Replica>,
     run: &str,
+    version_run: &str,
     action_detail: &str,
     force: bool,
     mut audit: Option<&mut AuditLog>,
@@ -302,7 +312,7 @@ pub fn apply(
                 .push((key, "the replica is not available".into()));
             continue;
         };
-        let r = apply_one(s, *rep, run, force);
+        let r = apply_one(s, *rep, version_run, force);
         match r {
             Ok(None) => out.already += 1,
             Ok(Some(mut rec)) => {
@@ -357,6 +367,7 @@ fn apply_one(
         path: s.path.clone(),
         kind_before: kind_str(cur.as_ref()),
         hash_before: hash_str(cur.as_ref()),
+        link_before: cur.as_ref().and_then(|e| e.link.clone()),
         mode_before: cur.as_ref().map(|e| e.mode),
         ..Default::default()
     };
@@ -368,6 +379,7 @@ fn apply_one(
             rec.action = "restore".into();
             rec.kind_after = kind_str(Some(&after));
             rec.hash_after = hash_str(Some(&after));
+            rec.link_after = after.link.clone();
             rec.size = Some(after.size);
             rec.version = kept;
             rec.from = None;
@@ -394,7 +406,9 @@ fn apply_one(
             rec.from = Some(s.path.clone());
             rec.kind_before = None;
             rec.hash_before = None;
+            rec.link_before = None;
             rec.mode_before = None;
+            rec.link_after = after.link.clone();
             rec.kind_after = kind_str(Some(&after));
             rec.hash_after = c.hash.map(|h| h.to_hex());
             rec.size = Some(after.size);

@@ -215,7 +215,8 @@ fn validate_json(data: &[u8]) -> Result<(), ValidationError> {
 /// one JSON value. `first_line` is the line number of the first line read (1 for a whole
 /// file; when checking only an appended tail that starts on a line boundary, pass the
 /// number of lines before it + 1 so errors point at the right line). A last line without a
-/// terminator is checked like the others (a half-written record is invalid).
+/// terminator is checked like the others (a half-written record is invalid). A read error
+/// comes back as [`ValidationError::Io`] with an empty `path` (the reader has none).
 pub fn validate_jsonl_reader<R: BufRead>(mut r: R, first_line: u64) -> Result<(), ValidationError> {
     let kind = Validator::Jsonl;
     let mut buf = Vec::new();

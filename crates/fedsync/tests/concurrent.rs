@@ -411,7 +411,7 @@ fn sync_report(fx: &Fx) -> (Out, Option<serde_json::Value>) {
     (out, rep)
 }
 
-/// Items of a report that were not done, as "path: state: reason".
+/// Items of a report that were not done, as "path (action -> target): state: reason".
 fn not_done(rep: &serde_json::Value) -> Vec<String> {
     items(rep)
         .iter()
@@ -429,74 +429,288 @@ fn not_done(rep: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Skipped items and conflicts of a run report.
+fn skipped_and_conflicts(rep: &serde_json::Value) -> (u64, u64) {
+    rep["pairs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .fold((0, 0), |(s, c), p| {
+            (
+                s + p["counts"]["skipped"].as_u64().unwrap_or(0),
+                c + p["counts"]["conflicts"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+/// Everything known about what was written: each path's content before the writers
+/// started, every logged write in order, and every content known to be complete.
+#[derive(Default)]
+struct Ledger {
+    initial: BTreeMap<String, Digest>,
+    log: Vec<Wrote>,
+    known: HashSet<Digest>,
+}
+
+impl Ledger {
+    /// A file written on A before the writers start (fixture clock mtime).
+    fn initial(&mut self, fx: &Fx, p: &str, data: &[u8]) {
+        fx.write(&fx.a, p, data);
+        self.known.insert(digest(data));
+        self.initial.insert(p.to_string(), digest(data));
+    }
+
+    /// A change made on `side` before a sync, by the fixture (old fake mtime).
+    fn change(&mut self, fx: &Fx, side: Side, p: &str, data: &[u8]) {
+        let root = if side == Side::A { &fx.a } else { &fx.b };
+        fx.write(root, p, data);
+        self.known.insert(digest(data));
+        self.log.push(Wrote {
+            side,
+            path: p.to_string(),
+            op: "change before the run",
+            digest: digest(data),
+            head: head_of(data),
+        });
+    }
+
+    fn add_writer(&mut self, w: &Writer) {
+        self.log.extend(w.log.iter().cloned());
+        self.known.extend(w.contents.iter().copied());
+    }
+}
+
+/// Runs `sync` at most twice more (the writers have stopped) until both trees are identical
+/// and the exit code is 0, then checks everything that must hold for any interleaving of
+/// the writers with the runs. Returns the problems found (empty: all good) and a summary.
+fn settle_and_check(fx: &Fx, ledger: &Ledger) -> (Vec<String>, String) {
+    let mut problems = Vec::new();
+    let mut finals = Vec::new();
+    let (mut sa, mut sb);
+    loop {
+        let (out, rep) = sync_report(fx);
+        eprintln!("DBG final sync");
+        sa = shape(&fx.a);
+        sb = shape(&fx.b);
+        let done = out.code == 0 && sa == sb;
+        finals.push((out, rep));
+        if done || finals.len() == 2 {
+            break;
+        }
+    }
+    let (last, last_rep) = finals.last().expect("a final sync");
+
+    // (3) Converged: identical trees, and exit 0, or 1 with the conflicts listed in status.
+    if sa != sb {
+        let diff: Vec<&String> = sa
+            .keys()
+            .chain(sb.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| sa.get(*k) != sb.get(*k))
+            .take(20)
+            .collect();
+        problems.push(format!(
+            "not converged after {} syncs without writers; differing paths: {diff:?}\n{:?}",
+            finals.len(),
+            finals
+                .iter()
+                .map(|(o, r)| (o.code, r.as_ref().map(not_done)))
+                .collect::<Vec<_>>()
+        ));
+    }
+    match last.code {
+        0 => {}
+        1 => {
+            let profile = last_rep
+                .as_ref()
+                .and_then(|r| r["profile"].as_str())
+                .unwrap_or("?")
+                .to_string();
+            let st = fx.run(&["status", &profile, "--json"]);
+            let listed = serde_json::from_str::<serde_json::Value>(&st.stdout)
+                .ok()
+                .and_then(|v| v["conflicts"].as_array().map(|c| !c.is_empty()))
+                .unwrap_or(false);
+            if !listed {
+                problems.push(format!(
+                    "last sync exited 1 but status lists no conflict: {:?}\n{last:?}\n{st:?}",
+                    last_rep.as_ref().map(not_done)
+                ));
+            }
+        }
+        _ => problems.push(format!("last sync failed: {last:?}")),
+    }
+
+    // The last write to each path on each side, and every content ever written at a path.
+    let mut last_write: BTreeMap<(Side, &str), &Wrote> = BTreeMap::new();
+    let mut written_at: HashMap<&str, HashSet<Digest>> = HashMap::new();
+    for w in &ledger.log {
+        last_write.insert((w.side, &w.path), w);
+        written_at.entry(&w.path).or_default().insert(w.digest);
+    }
+    for (p, d) in &ledger.initial {
+        written_at.entry(p).or_default().insert(*d);
+    }
+    eprintln!("DBG shapes");
+    let (fa, fb) = (files(&sa), files(&sb));
+    let vers = [kept_versions(&fx.a), kept_versions(&fx.b)];
+    // Keep-both copies in the final trees: original path -> digests.
+    let mut copies: HashMap<String, HashSet<Digest>> = HashMap::new();
+    for (p, (d, _)) in fa.iter().chain(fb.iter()) {
+        if let Some((orig, _)) = conflict_origin(p) {
+            copies.entry(orig).or_default().insert(*d);
+        }
+    }
+
+    // (2) Nothing torn: every file holds exactly a content somebody wrote in full. More
+    // precisely, a file under a synced name holds the newest content of that path on one of
+    // the sides (the initial one if nobody wrote it), a keep-both copy holds something that
+    // was written at its original path, and there is nothing else (no stray temp files).
+    for (tree, side) in [(&fa, "a"), (&fb, "b")] {
+        for (p, (d, head)) in tree {
+            if !ledger.known.contains(d) {
+                problems.push(format!(
+                    "TORN or unknown content at {p} on {side}: {} bytes, starts {head:?}",
+                    d.0
+                ));
+                continue;
+            }
+            if let Some((orig, _)) = conflict_origin(p) {
+                if !written_at.get(orig.as_str()).is_some_and(|s| s.contains(d)) {
+                    problems.push(format!(
+                        "keep-both copy {p} on {side} holds {head:?}, never written at {orig}"
+                    ));
+                }
+                continue;
+            }
+            let newest: Vec<&Wrote> = [Side::A, Side::B]
+                .iter()
+                .filter_map(|s| last_write.get(&(*s, *p)).copied())
+                .collect();
+            let ok = if newest.is_empty() {
+                ledger.initial.get(*p) == Some(d)
+            } else {
+                newest.iter().any(|w| w.digest == *d)
+            };
+            if !ok {
+                let expected: Vec<&str> = newest.iter().map(|w| w.head.as_str()).collect();
+                problems.push(format!(
+                    "{p} on {side} holds {head:?}; expected the last write of a side: \
+                     {expected:?} (the initial content if none)"
+                ));
+            }
+        }
+    }
+
+    // (1) No write lost: the last write to each path on each side is at that path on some
+    // replica, in a keep-both copy of it, or kept as a version of it on that side.
+    for ((side, p), w) in &last_write {
+        let at_path = [&fa, &fb]
+            .iter()
+            .any(|t| t.get(p).is_some_and(|(d, _)| *d == w.digest));
+        let in_copy = copies.get(*p).is_some_and(|s| s.contains(&w.digest));
+        let kept = vers[if *side == Side::A { 0 } else { 1 }].get(*p);
+        let in_versions = kept.is_some_and(|s| s.contains(&w.digest));
+        if !(at_path || in_copy || in_versions) {
+            problems.push(format!(
+                "LOST: the last write to {p} on {} ({}: {:?}) is nowhere: {p} holds {:?} on a, \
+                 {:?} on b; {} keep-both copies of it, {} versions of it on {}",
+                side.name(),
+                w.op,
+                w.head,
+                fa.get(p).map(|(_, h)| h),
+                fb.get(p).map(|(_, h)| h),
+                copies.get(*p).map_or(0, |s| s.len()),
+                kept.map_or(0, |s| s.len()),
+                side.name(),
+            ));
+        }
+    }
+
+    let summary = format!(
+        "{} writes logged ({} last writes); {} final sync(s), last exit {}; {} files, {} \
+         keep-both copies, {} + {} versions",
+        ledger.log.len(),
+        last_write.len(),
+        finals.len(),
+        last.code,
+        fa.len(),
+        fa.keys().filter(|p| conflict_origin(p).is_some()).count(),
+        vers[0].values().map(HashSet::len).sum::<usize>(),
+        vers[1].values().map(HashSet::len).sum::<usize>(),
+    );
+    (problems, summary)
+}
+
+#[track_caller]
+fn assert_no_problems(problems: &[String]) {
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// Invariant 4 (and 1, 2) under two concurrent writers, one per replica, that keep editing
-/// overlapping sets of files while `fedsync sync` runs eight times in a row; then the
-/// writers stop and at most two more syncs must make the replicas identical.
+/// overlapping sets of files (in place, appending, saving through a temporary file, creating
+/// new ones) while `fedsync sync` runs eight times in a row; then the writers stop and at
+/// most two more syncs must make the replicas identical, with no write lost or torn.
 #[test]
 fn concurrent_writers_on_both_sides_lose_nothing_and_tear_nothing() {
-    let fx = Fx::new();
-
-    // Every content ever known to be complete, and where it was written.
-    let mut known: HashSet<Digest> = HashSet::new();
-    // Content each path had before the writers started (initial, or set up on A).
-    let mut initial: BTreeMap<String, Digest> = BTreeMap::new();
+    let fx = Fx::new_in(Path::new("/dev/shm")).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut ledger = Ledger::default();
 
     // Both replicas start synced: a few hundred small files and a few large ones.
     for i in 0..SMALL {
         let p = small_path(i);
-        let data = small_content(&format!("{p} | initial"), (i % 4) as u64);
-        fx.write(&fx.a, &p, &data);
-        known.insert(digest(&data));
-        initial.insert(p, digest(&data));
+        ledger.initial(
+            &fx,
+            &p,
+            &small_content(&format!("{p} | initial"), (i % 4) as u64),
+        );
     }
     for i in 0..BIG {
         let p = big_path(i);
         let data = big_content(&format!("{p} | initial"), 2_000_000 + i * 300_000);
-        fx.write(&fx.a, &p, &data);
-        known.insert(digest(&data));
-        initial.insert(p, digest(&data));
+        ledger.initial(&fx, &p, &data);
     }
-    let readme = b"files created while syncing land here\n";
-    fx.write(&fx.a, "new/README", readme);
-    known.insert(digest(readme));
-    initial.insert("new/README".into(), digest(readme));
+    ledger.initial(
+        &fx,
+        "new/README",
+        b"files created while syncing land here\n",
+    );
+    eprintln!("DBG written {:?}", t0.elapsed());
     fx.sync(&[]).ok();
-    assert_eq!(contents(&fx.a), contents(&fx.b), "initial sync");
+    eprintln!("DBG synced {:?}", t0.elapsed());
+    assert_eq!(shape(&fx.a), shape(&fx.b), "initial sync");
 
-    // Then A gets many modifications (old fake mtimes), so the first concurrent sync has work:
-    // half of the small files, one large file, twenty new files. They count as A's writes.
-    let mut setup: Vec<Wrote> = Vec::new();
-    let mut add_setup = |fx: &Fx, p: &str, data: &[u8], known: &mut HashSet<Digest>| {
-        fx.write(&fx.a, p, data);
-        known.insert(digest(data));
-        setup.push(Wrote {
-            side: Side::A,
-            path: p.to_string(),
-            op: "setup",
-            digest: digest(data),
-            head: head_of(data),
-        });
-    };
+    // Then A gets many changes (old fake mtimes), so that the first concurrent sync has
+    // work: half of the small files, one large file, twenty new files.
     for i in (0..SMALL).step_by(2) {
         let p = small_path(i);
-        let data = small_content(&format!("{p} | modified on a before the run"), 1);
-        add_setup(&fx, &p, &data, &mut known);
+        let data = small_content(&format!("{p} | changed on a before the runs"), 1);
+        ledger.change(&fx, Side::A, &p, &data);
     }
     let p = big_path(3);
-    let data = big_content(
-        &format!("{p} | rewritten on a before the run"),
-        2_500_000,
-        7,
-    );
-    add_setup(&fx, &p, &data, &mut known);
+    let data = big_content(&format!("{p} | rewritten on a before the runs"), 2_500_000);
+    ledger.change(&fx, Side::A, &p, &data);
     for i in 0..20 {
         let p = format!("pre/p{i:02}.txt");
-        let data = small_content(&format!("{p} | created on a before the run"), 2);
-        add_setup(&fx, &p, &data, &mut known);
+        let data = small_content(&format!("{p} | created on a before the runs"), 2);
+        ledger.change(&fx, Side::A, &p, &data);
     }
 
-    // The writers: A edits small files 0..200 and large files 0-1, B edits 100..300 and 1-2;
-    // both create new files.
+    // The writers: A edits small files 0..200 and large files 0 and 1, B edits 100..300 and
+    // 1 and 2 (so 100 small files and one large file are edited on both sides); both create
+    // new files.
     let stop = Arc::new(AtomicBool::new(false));
     let wa = Writer::new(
         Side::A,
@@ -520,21 +734,20 @@ fn concurrent_writers_on_both_sides_lose_nothing_and_tear_nothing() {
         })
         .collect();
 
-    // Syncs while the writers write. Items that changed under the run are skipped (exit 1);
-    // nothing else may go wrong.
-    let mut skipped = 0u64;
-    let mut conflicts = 0u64;
-    let mut run_problems = Vec::new();
+    // Syncs while the writers write: items changed under a run are skipped (exit 1); no run
+    // fails.
+    let (mut skipped, mut conflicts) = (0, 0);
+    let mut problems = Vec::new();
     for n in 0..CONCURRENT_RUNS {
         let (out, rep) = sync_report(&fx);
+        eprintln!("DBG run {n} {:?}", t0.elapsed());
         match &rep {
             Some(rep) => {
-                for p in rep["pairs"].as_array().into_iter().flatten() {
-                    skipped += p["counts"]["skipped"].as_u64().unwrap_or(0);
-                    conflicts += p["counts"]["conflicts"].as_u64().unwrap_or(0);
-                }
+                let (s, c) = skipped_and_conflicts(rep);
+                skipped += s;
+                conflicts += c;
                 if !matches!(out.code, 0 | 1) {
-                    run_problems.push(format!(
+                    problems.push(format!(
                         "concurrent run {n} exited {}: {:#?}\n{}",
                         out.code,
                         not_done(rep),
@@ -542,197 +755,23 @@ fn concurrent_writers_on_both_sides_lose_nothing_and_tear_nothing() {
                     ));
                 }
             }
-            None => run_problems.push(format!("concurrent run {n}: no JSON report: {out:?}")),
+            None => problems.push(format!("concurrent run {n}: no JSON report: {out:?}")),
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let writers: Vec<Writer> = handles
-        .into_iter()
-        .map(|h| h.join().expect("writer thread panicked"))
-        .collect();
-
-    // The writers have stopped: at most two more syncs converge.
-    let mut finals = Vec::new();
-    for _ in 0..2 {
-        let (out, rep) = sync_report(&fx);
-        let converged = contents(&fx.a) == contents(&fx.b);
-        let done = out.code == 0 && converged;
-        finals.push((out, rep));
-        if done {
-            break;
-        }
-    }
-    let (last, last_rep) = finals.last().expect("a final sync");
-
-    // ---- What must hold, whatever the interleaving was ----
-    let mut log: Vec<Wrote> = setup;
-    for w in &writers {
-        log.extend(w.log.iter().cloned());
-        known.extend(w.contents.iter().copied());
-    }
-    let writes_a = log.iter().filter(|w| w.side == Side::A).count();
-    let writes_b = log.len() - writes_a;
-    // The last write to each path on each side, and every content ever written at a path.
-    let mut last_write: BTreeMap<(Side, String), Wrote> = BTreeMap::new();
-    let mut written_at: HashMap<String, HashSet<Digest>> = HashMap::new();
-    for w in &log {
-        last_write.insert((w.side, w.path.clone()), w.clone());
-        written_at
-            .entry(w.path.clone())
-            .or_default()
-            .insert(w.digest);
-    }
-    for (p, d) in &initial {
-        written_at.entry(p.clone()).or_default().insert(*d);
+    for h in handles {
+        ledger.add_writer(&h.join().expect("writer thread panicked"));
     }
 
-    let fa = files(&fx.a);
-    let fb = files(&fx.b);
-    let va = kept_versions(&fx.a);
-    let vb = kept_versions(&fx.b);
-    // Keep-both copies in the final trees: original path -> digests.
-    let mut copies: HashMap<String, HashSet<Digest>> = HashMap::new();
-    for tree in [&fa, &fb] {
-        for (p, data) in tree {
-            if let Some((orig, _)) = conflict_origin(p) {
-                copies.entry(orig).or_default().insert(digest(data));
-            }
-        }
-    }
-
-    let mut problems: Vec<String> = run_problems;
-
-    // (3) Converged: identical trees, and exit 0 (or 1 with the conflicts listed in status).
-    if contents(&fx.a) != contents(&fx.b) {
-        let ka: BTreeSet<_> = contents(&fx.a).into_iter().collect();
-        let kb: BTreeSet<_> = contents(&fx.b).into_iter().collect();
-        let only_a: Vec<_> = ka
-            .difference(&kb)
-            .map(|(k, _)| k.clone())
-            .take(20)
-            .collect();
-        let only_b: Vec<_> = kb
-            .difference(&ka)
-            .map(|(k, _)| k.clone())
-            .take(20)
-            .collect();
-        problems.push(format!(
-            "not converged after {} final syncs: differing on a: {only_a:?}, on b: {only_b:?}",
-            finals.len()
-        ));
-    }
-    match last.code {
-        0 => {}
-        1 => {
-            let profile = last_rep
-                .as_ref()
-                .and_then(|r| r["profile"].as_str())
-                .unwrap_or("?")
-                .to_string();
-            let st = fx.run(&["status", &profile, "--json"]);
-            let listed = serde_json::from_str::<serde_json::Value>(&st.stdout)
-                .ok()
-                .and_then(|v| v["conflicts"].as_array().map(|c| !c.is_empty()))
-                .unwrap_or(false);
-            if !listed {
-                problems.push(format!(
-                    "last sync exited 1 but status lists no conflict: {last:?}\n{st:?}"
-                ));
-            }
-        }
-        _ => problems.push(format!("last sync failed: {last:?}")),
-    }
-
-    // (2) Nothing torn: every file holds exactly a content somebody wrote in full; a file
-    // under a synced name holds that path's newest content on one of the sides; a keep-both
-    // copy holds something written at its original path; nothing else is left over.
-    for (tree, side) in [(&fa, "a"), (&fb, "b")] {
-        for (p, data) in tree.iter() {
-            let d = digest(data);
-            if !known.contains(&d) {
-                problems.push(format!(
-                    "torn or unknown content at {p} on {side}: {} bytes, starts {:?}",
-                    data.len(),
-                    head_of(data)
-                ));
-                continue;
-            }
-            if let Some((orig, _)) = conflict_origin(p) {
-                if !written_at.get(&orig).is_some_and(|s| s.contains(&d)) {
-                    problems.push(format!(
-                        "keep-both copy {p} on {side} holds {:?}, never written at {orig}",
-                        head_of(data)
-                    ));
-                }
-                continue;
-            }
-            let newest: Vec<Digest> = [Side::A, Side::B]
-                .iter()
-                .filter_map(|s| last_write.get(&(*s, p.clone())).map(|w| w.digest))
-                .collect();
-            let ok = if newest.is_empty() {
-                initial.get(p) == Some(&d)
-            } else {
-                newest.contains(&d)
-            };
-            if !ok {
-                let expected: Vec<String> = [Side::A, Side::B]
-                    .iter()
-                    .filter_map(|s| last_write.get(&(*s, p.clone())))
-                    .map(|w| format!("{:?}", w.head))
-                    .collect();
-                problems.push(format!(
-                    "{p} on {side} holds {:?}; expected the last write of a side: {expected:?} \
-                     (or the initial content if nobody wrote it)",
-                    head_of(data)
-                ));
-            }
-        }
-    }
-
-    // (1) No write lost: the last write to each path on each side is at that path on some
-    // replica, in a keep-both copy, or kept as a version on that side.
-    for ((side, p), w) in &last_write {
-        let at_path = fa.get(p).map(|d| digest(d)) == Some(w.digest)
-            || fb.get(p).map(|d| digest(d)) == Some(w.digest);
-        let in_copy = copies.get(p).is_some_and(|s| s.contains(&w.digest));
-        let vers = if *side == Side::A { &va } else { &vb };
-        let in_versions = vers.get(p).is_some_and(|s| s.contains(&w.digest));
-        if !(at_path || in_copy || in_versions) {
-            problems.push(format!(
-                "LOST: the last {} to {p} on {} ({:?}) is nowhere: {p} holds {:?} on a, {:?} on b; \
-                 {} keep-both copies, {} versions of it on {}",
-                w.op,
-                side.name(),
-                w.head,
-                fa.get(p).map(|d| head_of(d)),
-                fb.get(p).map(|d| head_of(d)),
-                copies.get(p).map_or(0, |s| s.len()),
-                vers.get(p).map_or(0, |s| s.len()),
-                side.name(),
-            ));
-        }
-    }
-
+    eprintln!("DBG joined {:?}", t0.elapsed());
+    let (more, summary) = settle_and_check(&fx, &ledger);
+    eprintln!("DBG checked {:?}", t0.elapsed());
+    problems.extend(more);
     eprintln!(
-        "concurrent: {writes_a} writes on a, {writes_b} on b, {} paths last-written; \
-         {CONCURRENT_RUNS} concurrent syncs: {skipped} items skipped, {conflicts} conflicts; \
-         {} final sync(s), last exit {}; {} files, {} keep-both copies",
-        last_write.len(),
-        finals.len(),
-        last.code,
-        fa.len(),
-        fa.keys().filter(|p| conflict_origin(p).is_some()).count(),
+        "concurrent writers: {CONCURRENT_RUNS} syncs during the writes ({skipped} items \
+         skipped, {conflicts} conflicts); {summary}"
     );
-    assert!(
-        problems.is_empty(),
-        "{} problem(s):\n{}",
-        problems.len(),
-        problems
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    drop(fx);
+    eprintln!("DBG dropped {:?}", t0.elapsed());
+    assert_no_problems(&problems);
 }

@@ -219,9 +219,10 @@ fn link(fx: &Fx, root: &Path, rel: &str, target: &str) {
     set_mtime(&p, fx.tick(), 0);
 }
 
-/// Both replicas before and after the run under test.
+/// Both replicas before and after the run under test, its id and the first rollback's.
 struct Trip {
     run: String,
+    rollback: String,
     pre: [Snap; 2],
     post: [Snap; 2],
 }
@@ -263,7 +264,12 @@ fn assert_run_undoable(fx: &Fx, expect: &[(&str, &str)]) -> Trip {
     assert_tree(&fx.a, &post[0], "after the rollback of the rollback");
     assert_tree(&fx.b, &post[1], "after the rollback of the rollback");
     assert_nothing_lost(fx, &[&pre[0], &pre[1], &post[0], &post[1]]);
-    Trip { run, pre, post }
+    Trip {
+        run,
+        rollback: run_of(&rb),
+        pre,
+        post,
+    }
 }
 
 // ------------------------------------------------------------ 1. each kind of action
@@ -277,6 +283,15 @@ fn rollback_created_file_removes_it_and_keeps_it_as_a_version() {
     fx.write(&fx.a, "deep/er/new2.txt", "nested new\n");
     let t = assert_run_undoable(&fx, &[("new.txt", "copy"), ("deep/er/new2.txt", "copy")]);
     assert!(!t.pre[1].contains_key("new.txt") && t.post[1].contains_key("new.txt"));
+    // The rollback removed them by keeping them as its versions.
+    assert_eq!(
+        version_content(&fx.b, &t.rollback, "new.txt"),
+        "brand new\n"
+    );
+    assert_eq!(
+        version_content(&fx.b, &t.rollback, "deep/er/new2.txt"),
+        "nested new\n"
+    );
 }
 
 #[test]
@@ -288,8 +303,10 @@ fn rollback_overwritten_file_puts_the_old_content_back() {
     fx.write(&fx.a, "doc.txt", "new content, longer\n");
     fx.write(&fx.b, "sub/doc2.txt", "new 2 from b\n");
     let t = assert_run_undoable(&fx, &[("doc.txt", "copy"), ("sub/doc2.txt", "copy")]);
-    // Both directions were undone, each on the replica it changed.
-    assert_eq!(read(&fx.b, "doc.txt"), "new content, longer\n");
+    // One change each way, each undone on the replica it changed; the run kept the old
+    // contents as its versions there.
+    assert_eq!(version_content(&fx.b, &t.run, "doc.txt"), "old content\n");
+    assert_eq!(version_content(&fx.a, &t.run, "sub/doc2.txt"), "old 2\n");
     assert!(matches!(&t.pre[1]["doc.txt"], Node::File { data, .. } if data == b"old content\n"));
     assert!(matches!(&t.pre[0]["sub/doc2.txt"], Node::File { data, .. } if data == b"old 2\n"));
 }

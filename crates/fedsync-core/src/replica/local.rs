@@ -181,7 +181,13 @@ impl LocalReplica {
                 };
                 Ok(entry_from_meta(&md, link))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // A parent that is a file: the path does not exist.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(io_err(p)(e)),
         }
     }
@@ -879,7 +885,7 @@ impl Replica for LocalReplica {
                         }
                         if let Ok(md) = f.path().symlink_metadata() {
                             if !md.is_dir() {
-                                let rel = match p.parent() {
+                                let rel = match p.parent().filter(|par| !par.is_root()) {
                                     Some(par) => format!("{}/{fname}", par.as_str()),
                                     None => fname,
                                 };
