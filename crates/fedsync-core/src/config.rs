@@ -117,7 +117,8 @@ pub struct Direction {
     pub to: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MergeKind {
     Append,
     Union,

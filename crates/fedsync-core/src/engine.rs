@@ -5,7 +5,7 @@
 
 use crate::audit::{AuditLog, Record};
 use crate::config::{ConfigError, DeleteLimit, Policy, Profile, ReplicaAddr, ReplicaSpec};
-use crate::entry::{Entry, Kind};
+use crate::entry::{Entry, Hash, Kind};
 use crate::path::RelPath;
 use crate::reconcile::{self, Action, Input, Item, PairCtx, Side};
 use crate::replica::local::LocalReplica;
@@ -126,6 +126,8 @@ pub struct Counts {
     pub deleted_a: u64,
     pub deleted_b: u64,
     pub moved: u64,
+    /// Conflicts settled by a merge (no conflict left).
+    pub merged: u64,
     pub conflicts: u64,
     pub skipped: u64,
     pub failed: u64,
@@ -509,6 +511,7 @@ pub fn sync(
             counts.deleted_a += prev.counts.deleted_a;
             counts.deleted_b += prev.counts.deleted_b;
             counts.moved += prev.counts.moved;
+            counts.merged += prev.counts.merged;
             *prev = PairReport {
                 items,
                 counts,
@@ -990,8 +993,18 @@ impl Engine<'_> {
             stamp: self.stamp.to_string(),
         };
         timing.mark("inputs");
-        let items = reconcile::reconcile(inputs, &|p, d| rules.for_path(p, d), &pctx);
+        let mut items = reconcile::reconcile(inputs, &|p, d| rules.for_path(p, d), &pctx);
         timing.mark("reconcile");
+        // Validators and merges: the decisions that read content.
+        let merged = crate::content::settle(
+            &mut items,
+            rules,
+            [ra.as_ref(), rb.as_ref()],
+            &pctx,
+            self.store,
+            pair,
+        );
+        let items = items;
 
         // The delete guard (SPEC invariant 6): moves are not deletions.
         if !self.opts.force {
@@ -1068,8 +1081,10 @@ impl Engine<'_> {
             versions: vec![None; items.len()],
             aside: HashMap::new(),
             cache_over: [HashMap::new(), HashMap::new()],
+            merged: &merged,
         };
         ap.run()?;
+        ap.save_base_content()?;
         ap.save_caches(hashed_paths, cache_deltas, scan_started)?;
         ap.eng.seq_base += items.len();
         timing.mark("apply");
@@ -1117,6 +1132,24 @@ impl Engine<'_> {
 }
 
 /// What an item would transfer (files only; moves and directories send nothing).
+/// Write `data` to a new file with `mode` and `mtime` (ns), durable.
+fn write_file(p: &std::path::Path, data: &[u8], mode: u32, mtime: i64) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(p)?;
+    f.write_all(data)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    let t = filetime::FileTime::from_unix_time(
+        mtime.div_euclid(1_000_000_000),
+        mtime.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_file_handle_times(&f, None, Some(t))?;
+    Ok(())
+}
+
 fn planned_bytes(it: &Item) -> u64 {
     let file_size = |e: Option<&Entry>| e.filter(|e| e.is_file()).map_or(0, |e| e.size);
     match &it.decision.action {
@@ -1160,7 +1193,9 @@ fn tally(report: &mut PairReport, items: &[Item]) {
             }
             Outcome::Done | Outcome::Planned => {}
         }
-        if it.decision.conflict {
+        if matches!(it.decision.action, Action::Merged { conflicted: false }) {
+            c.merged += 1;
+        } else if it.decision.conflict {
             c.conflicts += 1;
         }
         match &it.decision.action {
@@ -1172,6 +1207,12 @@ fn tally(report: &mut PairReport, items: &[Item]) {
                     c.to_b += 1;
                     c.bytes_to_b += r.bytes;
                 }
+            }
+            Action::Merged { .. } => {
+                c.to_a += 1;
+                c.to_b += 1;
+                c.bytes_to_a += r.bytes / 2;
+                c.bytes_to_b += r.bytes / 2;
             }
             Action::KeepBoth { winner, .. } => {
                 c.to_a += 1;
@@ -1216,6 +1257,8 @@ struct Applier<'e, 'a> {
     aside: HashMap<usize, Entry>,
     /// Per side: paths whose state this run wrote (Some) or removed (None).
     cache_over: [HashMap<RelPath, Option<Cached>>; 2],
+    /// Contents of `Merged` items.
+    merged: &'e crate::content::Merged,
 }
 
 /// Where one audited step of an item acted: the path, what was there, and (renames) the
@@ -1330,6 +1373,7 @@ impl Applier<'_, '_> {
         self.phase_deletes(false);
         self.phase_deletes(true);
         self.phase_copies()?;
+        self.phase_merged();
         self.phase_modes();
 
         // Renames and new directory entries durable too (nothing to flush after a no-op:
@@ -1844,6 +1888,139 @@ impl Applier<'_, '_> {
             }
             self.maybe_commit()?;
             start = end;
+        }
+        Ok(())
+    }
+
+    /// Write merged contents to both sides (each re-checked against its scan first).
+    fn phase_merged(&mut self) {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        for (i, it) in self.items.iter().enumerate() {
+            let Action::Merged { conflicted } = it.decision.action else {
+                continue;
+            };
+            let Some(bytes) = self.merged.get(&it.path) else {
+                continue;
+            };
+            let hash = Hash::of(bytes);
+            let mut after = None;
+            for side in [Side::A, Side::B] {
+                let cur = it.side(side);
+                if cur.and_then(|e| e.hash) == Some(hash) {
+                    continue;
+                }
+                let mode = cur.map_or(0o644, |e| e.mode);
+                let rep = self.rep(side);
+                let r = rep
+                    .stage_local(&mut |p: &std::path::Path| {
+                        write_file(p, bytes, mode, now)?;
+                        Ok(hash)
+                    })
+                    .and_then(|st| rep.install(st, &it.path, cur, self.eng.run));
+                let ok = self.finish(
+                    i,
+                    side,
+                    r.as_ref()
+                        .map(|(e, v)| (Some(e.clone()), v.clone()))
+                        .map_err(clone_err),
+                );
+                if ok {
+                    let (e, _) = r.expect("ok");
+                    self.bytes[i] += bytes.len() as u64;
+                    self.cache_written(side, &it.path, &e);
+                    after = Some(e);
+                }
+            }
+            if self.failed_before(i) {
+                continue;
+            }
+            if let Some(e) = after {
+                self.ops
+                    .push(StateOp::SetBase(it.path.clone(), base_of(&e)));
+            }
+            if conflicted {
+                let reason = "review: overlapping edits merged with conflict markers; \
+                              edit the file to settle them"
+                    .to_string();
+                self.ops.push(StateOp::Conflict(
+                    it.path.clone(),
+                    reason.clone(),
+                    it.a.clone(),
+                    it.b.clone(),
+                ));
+                self.outcomes[i] = Some(Outcome::Conflict(reason));
+            }
+        }
+    }
+
+    /// Keep the synced content of paths under a text or union merge rule: the base of
+    /// their next three-way merge.
+    fn save_base_content(&mut self) -> Result<(), EngineError> {
+        if self.pair < 0 {
+            return Ok(());
+        }
+        let rules = self.eng.rules;
+        for (i, it) in self.items.iter().enumerate() {
+            let pr = rules.for_path(&it.path, false);
+            if !matches!(
+                pr.merge,
+                Some(crate::config::MergeKind::Text | crate::config::MergeKind::Union)
+            ) {
+                continue;
+            }
+            let failed = self.failed_before(i);
+            // Where the synced content is now, and its hash.
+            let (side, hash) = match &it.decision.action {
+                Action::Merged { .. } if !failed => {
+                    if let Some(b) = self.merged.get(&it.path) {
+                        if b.len() as u64 <= crate::content::MAX_BASE_CONTENT {
+                            self.eng.store.set_base_content(
+                                self.pair,
+                                &it.path,
+                                &Hash::of(b).to_hex(),
+                                b,
+                            )?;
+                        }
+                    }
+                    continue;
+                }
+                Action::Copy { from } if !failed => (*from, it.side(*from).and_then(|e| e.hash)),
+                Action::Record | Action::None => (Side::A, it.a.as_ref().and_then(|e| e.hash)),
+                Action::Delete { .. } | Action::Forget if !failed => {
+                    self.eng.store.remove_base_content(self.pair, &it.path)?;
+                    continue;
+                }
+                _ => continue,
+            };
+            let Some(hash) = hash else { continue };
+            let Some(e) = it.side(side).filter(|e| e.is_file()) else {
+                continue;
+            };
+            if e.size > crate::content::MAX_BASE_CONTENT {
+                continue;
+            }
+            let hex = hash.to_hex();
+            if self
+                .eng
+                .store
+                .base_content_hash(self.pair, &it.path)?
+                .as_deref()
+                == Some(&hex)
+            {
+                continue;
+            }
+            let Ok(data) = crate::content::read_capped(
+                self.rep(side),
+                &it.path,
+                crate::content::MAX_BASE_CONTENT,
+            ) else {
+                continue;
+            };
+            if Hash::of(&data) == hash {
+                self.eng
+                    .store
+                    .set_base_content(self.pair, &it.path, &hex, &data)?;
+            }
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod content;
 pub mod engine;
 pub mod entry;
 pub mod faults;

@@ -3,7 +3,7 @@
 //! PURE: no I/O, no clock. Every rule of SPEC section 4 is a row in the table tests
 //! (`tests/reconcile_table.rs`). The apply stage executes exactly what is decided here.
 
-use crate::config::{Direction, Policy};
+use crate::config::{Direction, MergeKind, Policy};
 use crate::entry::{Entry, Hash, Kind};
 use crate::path::RelPath;
 use crate::rules::PathRules;
@@ -57,6 +57,16 @@ pub enum Action {
     /// Conflict settled by keeping both: the winner's content stays under this name on both
     /// sides, the loser's is renamed to `aside` on its side and copied to the winner's side.
     KeepBoth { winner: Side, aside: RelPath },
+    /// Conflict of two files under a merge rule: the engine merges the contents (it reads
+    /// them); when it cannot, it keeps both as `KeepBoth { winner, aside }` would.
+    Merge {
+        kind: MergeKind,
+        winner: Side,
+        aside: RelPath,
+    },
+    /// Set by the engine for a merge it computed: the merged content is written to both
+    /// sides; `conflicted` = it holds conflict markers and is flagged for review.
+    Merged { conflicted: bool },
     /// Conflict left for `fedsync resolve`: nothing touched.
     Conflict { reason: String },
     /// Not handled this run (unreadable, changed during the scan, ...): nothing touched.
@@ -75,6 +85,7 @@ impl Action {
             Action::Move { .. } => "move",
             Action::MovedAway { .. } => "moved-away",
             Action::KeepBoth { .. } => "keep-both",
+            Action::Merge { .. } | Action::Merged { .. } => "merge",
             Action::Conflict { .. } => "conflict",
             Action::Skip { .. } => "skip",
         }
@@ -89,6 +100,8 @@ impl Action {
                 | Action::Delete { .. }
                 | Action::Move { .. }
                 | Action::KeepBoth { .. }
+                | Action::Merge { .. }
+                | Action::Merged { .. }
         )
     }
 }
@@ -446,7 +459,27 @@ fn both_changed(
                 rules.source
             ),
         ),
-        // Merges are settled by the merge engine; until one applies, keep both.
+        // Two files under a merge rule: the engine reads and merges them.
+        Policy::Merge if a.is_file() && b.is_file() && rules.merge.is_some() => {
+            let kind = rules.merge.expect("checked");
+            let w = newer(a, b);
+            c(
+                Action::Merge {
+                    kind,
+                    winner: w,
+                    aside: conflict_name(path, ctx.name(w.other()), &ctx.stamp),
+                },
+                format!(
+                    "{both}; merge = \"{}\" ({})",
+                    match kind {
+                        MergeKind::Append => "append",
+                        MergeKind::Union => "union",
+                        MergeKind::Text => "text",
+                    },
+                    rules.source
+                ),
+            )
+        }
         Policy::Merge | Policy::KeepBoth => keep_both(path, a, b, ctx, &both),
     }
 }
@@ -569,16 +602,20 @@ pub fn reconcile(
 /// A keep-both copy must not land on a name that is already used on either side (a user's
 /// file, or an earlier conflict copy in the same second): pick `...-2`, `...-3`.
 fn free_aside_names(items: &mut [Item]) {
-    if !items
-        .iter()
-        .any(|it| matches!(it.decision.action, Action::KeepBoth { .. }))
-    {
+    if !items.iter().any(|it| {
+        matches!(
+            it.decision.action,
+            Action::KeepBoth { .. } | Action::Merge { .. }
+        )
+    }) {
         return;
     }
     let mut taken: std::collections::HashSet<RelPath> =
         items.iter().map(|it| it.path.clone()).collect();
     for it in items.iter_mut() {
-        let Action::KeepBoth { aside, .. } = &mut it.decision.action else {
+        let (Action::KeepBoth { aside, .. } | Action::Merge { aside, .. }) =
+            &mut it.decision.action
+        else {
             continue;
         };
         if taken.contains(aside) {

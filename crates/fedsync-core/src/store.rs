@@ -96,6 +96,9 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE TABLE IF NOT EXISTS conflicts (
   pair TEXT NOT NULL, path TEXT NOT NULL, reason TEXT NOT NULL, run TEXT NOT NULL,
   a TEXT, b TEXT, PRIMARY KEY (pair, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS base_content (
+  pair INTEGER NOT NULL, path TEXT NOT NULL, hash TEXT NOT NULL, data BLOB NOT NULL,
+  PRIMARY KEY (pair, path));
 "#;
 
 /// Entries are stored compactly: kind, size, mtime, mode, optional hash, optional link.
@@ -652,6 +655,57 @@ impl Store {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The stored content of a path's base (paths with a text or union merge rule), when
+    /// it is the content of hash `hash`.
+    pub fn base_content(&self, pair: i64, path: &RelPath, hash: &str) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .query_row(
+                "SELECT data FROM base_content WHERE pair = ?1 AND path = ?2 AND hash = ?3",
+                params![pair, path.as_str(), hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The hash of the stored base content of a path, if any.
+    pub fn base_content_hash(&self, pair: i64, path: &RelPath) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT hash FROM base_content WHERE pair = ?1 AND path = ?2",
+                params![pair, path.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_base_content(
+        &self,
+        pair: i64,
+        path: &RelPath,
+        hash: &str,
+        data: &[u8],
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO base_content(pair, path, hash, data) VALUES (?1, ?2, ?3, ?4)",
+                params![pair, path.as_str(), hash, data],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn remove_base_content(&self, pair: i64, path: &RelPath) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM base_content WHERE pair = ?1 AND path = ?2",
+                params![pair, path.as_str()],
+            )
+            .map(|_| ())
             .map_err(|e| self.err(e))
     }
 

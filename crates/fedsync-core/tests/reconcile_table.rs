@@ -168,6 +168,14 @@ fn keep_both(winner: Side, aside: &str) -> Action {
         aside: p(aside),
     }
 }
+/// A conflict under a merge rule: the engine merges (keep-both is its fallback).
+fn merge_then(kind: MergeKind, winner: Side, aside: &str) -> Action {
+    Action::Merge {
+        kind,
+        winner,
+        aside: p(aside),
+    }
+}
 fn moved(on: Side, from: &str) -> Action {
     Action::Move { on, from: p(from) }
 }
@@ -391,9 +399,9 @@ fn table() -> Vec<Row> {
         r("ask_file_vs_link_queued", file("v0", RW), file("ours", RW), link("t"), "ask", queued(), CONFLICT),
         r("ask_one_sided_modification_propagates", file("v0", RW), file("v0", RW), file("v1", RW), "ask", copy(B), CLEAN),
         // --- merge (no merge engine yet: keep both) --------------------------------------
-        r("merge_append_falls_back_to_keep_both", file("v0", RW), file("v0a", RW).at(T1), file("v0b", RW).at(T2), "merge=append", keep_both(B, ASIDE_A), CONFLICT),
-        r("merge_union_falls_back_to_keep_both", file("v0", RW), file("l1\nl2", RW).at(T2), file("l1\nl3", RW).at(T1), "merge=union", keep_both(A, ASIDE_B), CONFLICT),
-        r("merge_text_first_sync_falls_back_to_keep_both", NONE, file("ours", RW).at(T1), file("theirs", RW).at(T2), "merge=text", keep_both(B, ASIDE_A), CONFLICT),
+        r("merge_append_conflict_is_merged", file("v0", RW), file("v0a", RW).at(T1), file("v0b", RW).at(T2), "merge=append", merge_then(MergeKind::Append, B, ASIDE_A), CONFLICT),
+        r("merge_union_conflict_is_merged", file("v0", RW), file("l1\nl2", RW).at(T2), file("l1\nl3", RW).at(T1), "merge=union", merge_then(MergeKind::Union, A, ASIDE_B), CONFLICT),
+        r("merge_text_first_sync_goes_to_the_merger", NONE, file("ours", RW).at(T1), file("theirs", RW).at(T2), "merge=text", merge_then(MergeKind::Text, B, ASIDE_A), CONFLICT),
         r("merge_one_sided_change_propagates", file("v0", RW), file("v0\nmore", RW), file("v0", RW), "merge=append", copy(A), CLEAN),
         // --- One-way: laptop -> server (source A) ----------------------------------------
         r("one_way_ab_unchanged", file("v0", RW), file("v0", RW), file("v0", RW), AB, none(), CLEAN),

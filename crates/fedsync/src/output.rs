@@ -202,6 +202,7 @@ impl Printer {
                 let target = it.target.as_deref().unwrap_or("-");
                 let state = match &it.outcome {
                     Outcome::Planned | Outcome::Done => String::new(),
+                    Outcome::Skipped(r) if *r == it.why => "  [skipped]".into(),
                     Outcome::Skipped(r) => format!("  [skipped: {r}]"),
                     Outcome::Failed(r) => format!("  [FAILED: {r}]"),
                     Outcome::Conflict(_) => "  [conflict: run `fedsync resolve` to settle]".into(),
@@ -251,6 +252,9 @@ impl Printer {
             }
             if c.moved > 0 {
                 parts.push(format!("{} moved", c.moved));
+            }
+            if c.merged > 0 {
+                parts.push(format!("{} merged", c.merged));
             }
             if c.conflicts > 0 {
                 let word = if c.conflicts == 1 {

@@ -399,7 +399,6 @@ fn rollback_deleted_empty_directory_re_creates_it_with_its_mode() {
 }
 
 #[test]
-#[ignore = "BUG: the audit record of a file replaced by a directory has no `version` (LocalReplica::mkdir keeps the file as .fedsync/versions/RUN/PATH but does not return the id), so `rollback` refuses (exit 3, \"b: thing: no version of the replaced file was kept\") and with --force leaves the directory in place, exit 3"]
 fn rollback_file_replaced_by_a_directory_puts_the_file_back() {
     let fx = setup();
     fx.write(&fx.a, "thing", "I was a file\n");
@@ -412,7 +411,6 @@ fn rollback_file_replaced_by_a_directory_puts_the_file_back() {
 }
 
 #[test]
-#[ignore = "BUG: rollback refuses (exit 3) a run that replaced a directory by a file: undo::check stats the removed children (thing/inside.txt) under what is now a file, gets ENOTDIR and reports \"thing/inside.txt: Not a directory (os error 20)\" as changed since the run; with --force the same rollback succeeds"]
 fn rollback_directory_replaced_by_a_file_puts_the_directory_back() {
     let fx = setup();
     fx.write(&fx.a, "thing/inside.txt", "I am in a folder\n");
@@ -446,7 +444,6 @@ fn rollback_created_symlink_removes_it() {
 }
 
 #[test]
-#[ignore = "BUG: rollback of a retargeted symlink does nothing and reports success (exit 0, \"already\": 1): audit records of symlinks carry no target or hash, so the undo step's done_if (kind symlink) matches the new link and the put-back is skipped"]
 fn rollback_changed_symlink_puts_the_old_target_back() {
     let fx = setup();
     fx.write(&fx.a, "v1.txt", "one\n");
@@ -492,10 +489,10 @@ fn rollback_keep_both_conflict_removes_the_copy_and_puts_the_names_back() {
     }
 }
 
-/// Many kinds in one run (the rollback plan orders them last change first). With
-/// `known_bugs`, also the three kinds whose own tests are marked as bugs: a directory replaced
-/// by a file, a file replaced by a directory and a retargeted symlink.
-fn mixed_every_kind(fx: &Fx, known_bugs: bool) {
+/// Every kind in one run, both directions (the rollback plan orders them last change first).
+#[test]
+fn rollback_mixed_run_of_every_kind_at_once() {
+    let fx = &setup();
     fx.write(&fx.a, "over.txt", "over v1\n");
     fx.write(&fx.a, "del.txt", "to be deleted\n");
     fx.write(&fx.a, "mv-from.txt", "moved content\n");
@@ -503,11 +500,9 @@ fn mixed_every_kind(fx: &Fx, known_bugs: bool) {
     std::fs::create_dir(fx.a.join("rmdir")).unwrap();
     fx.write(&fx.a, "both.txt", "both base\n");
     fx.write(&fx.a, "over-b.txt", "over-b v1\n");
-    if known_bugs {
-        fx.write(&fx.a, "d2f/in.txt", "in a dir that becomes a file\n");
-        fx.write(&fx.a, "f2d", "a file that becomes a dir\n");
-        link(fx, &fx.a, "ln", "over.txt");
-    }
+    fx.write(&fx.a, "d2f/in.txt", "in a dir that becomes a file\n");
+    fx.write(&fx.a, "f2d", "a file that becomes a dir\n");
+    link(fx, &fx.a, "ln", "over.txt");
     sync_ok(fx);
 
     fx.write(&fx.a, "over.txt", "over v2\n");
@@ -522,41 +517,30 @@ fn mixed_every_kind(fx: &Fx, known_bugs: bool) {
     fx.write(&fx.b, "over-b.txt", "over-b from b\n");
     fx.write(&fx.a, "both.txt", "both: a\n");
     fx.write(&fx.b, "both.txt", "both: b\n");
-    let mut expect = vec![
-        ("over.txt", "copy"),
-        ("del.txt", "delete"),
-        ("mv-to.txt", "move"),
-        ("mode.sh", "set-mode"),
-        ("rmdir", "delete"),
-        ("new/dir/file.txt", "copy"),
-        ("new/empty", "copy"),
-        ("new-link", "copy"),
-        ("from-b.txt", "copy"),
-        ("over-b.txt", "copy"),
-        ("both.txt", "keep-both"),
-    ];
-    if known_bugs {
-        std::fs::remove_dir_all(fx.a.join("d2f")).unwrap();
-        fx.write(&fx.a, "d2f", "now a file\n");
-        std::fs::remove_file(fx.a.join("f2d")).unwrap();
-        fx.write(&fx.a, "f2d/in.txt", "now in a dir\n");
-        link(fx, &fx.a, "ln", "mode.sh");
-        expect.extend([("d2f", "copy"), ("f2d", "copy"), ("ln", "copy")]);
-    }
-    assert_run_undoable(fx, &expect);
-}
-
-#[test]
-fn rollback_mixed_run_of_many_kinds_at_once() {
-    let fx = setup();
-    mixed_every_kind(&fx, false);
-}
-
-#[test]
-#[ignore = "BUG: same three bugs as rollback_directory_replaced_by_a_file_puts_the_directory_back, rollback_file_replaced_by_a_directory_puts_the_file_back and rollback_changed_symlink_puts_the_old_target_back, in one run"]
-fn rollback_mixed_run_of_every_kind_at_once() {
-    let fx = setup();
-    mixed_every_kind(&fx, true);
+    std::fs::remove_dir_all(fx.a.join("d2f")).unwrap();
+    fx.write(&fx.a, "d2f", "now a file\n");
+    std::fs::remove_file(fx.a.join("f2d")).unwrap();
+    fx.write(&fx.a, "f2d/in.txt", "now in a dir\n");
+    link(fx, &fx.a, "ln", "mode.sh");
+    assert_run_undoable(
+        fx,
+        &[
+            ("over.txt", "copy"),
+            ("del.txt", "delete"),
+            ("mv-to.txt", "move"),
+            ("mode.sh", "set-mode"),
+            ("rmdir", "delete"),
+            ("new/dir/file.txt", "copy"),
+            ("new/empty", "copy"),
+            ("new-link", "copy"),
+            ("from-b.txt", "copy"),
+            ("over-b.txt", "copy"),
+            ("both.txt", "keep-both"),
+            ("d2f", "copy"),
+            ("f2d", "copy"),
+            ("ln", "copy"),
+        ],
+    );
 }
 
 // ------------------------------------------------ 2. the next sync carries the rollback
@@ -884,9 +868,8 @@ fn atomic_failure_and_undo_are_in_the_audit_trail() {
 }
 
 /// Issue 5: "the failure and the undo are in the audit trail"; SPEC invariant 12: "the audit
-/// trail records every action". The undo is there (previous test); the failed item is not.
+/// trail records every action". The undo is checked above; this is the failed item itself.
 #[test]
-#[ignore = "BUG: a failed item is not recorded in the audit trail (engine.rs finish_step appends a record only for Ok results); `log --json` of an --atomic run that failed on m-fail.txt has no record naming m-fail.txt, only `run-end` with `status undone`"]
 fn atomic_failed_item_is_recorded_in_the_audit_trail() {
     let fx = setup();
     mixed_edits(&fx);
@@ -911,7 +894,6 @@ fn atomic_failed_item_is_recorded_in_the_audit_trail() {
 }
 
 #[test]
-#[ignore = "BUG: --atomic leaves a file replaced by a directory as the directory (b/thing stays a dir with thing/inside.txt): the record has no version (see rollback_file_replaced_by_a_directory_puts_the_file_back) and removing thing/inside.txt collides with the file kept at .fedsync/versions/RUN/thing (\"File exists (os error 17)\")"]
 fn atomic_undoes_a_file_replaced_by_a_directory() {
     let fx = setup();
     fx.write(&fx.a, "thing", "I was a file\n");
@@ -975,7 +957,7 @@ fn without_atomic_the_same_failure_keeps_the_other_items() {
 
 // ---------------------------------------------------------------- 8. versions, restore
 
-/// The file the versions tests overwrite (in a folder: see the test of a file at the root).
+/// The file the versions tests overwrite (in a folder; a file at the root has its own test).
 const F: &str = "docs/f.txt";
 
 /// `rel` created, then overwritten three times on a with a sync after each: b keeps three
@@ -1136,7 +1118,6 @@ fn restore_of_an_unknown_version_is_a_usage_error_that_says_what_to_do() {
 
 /// The same for a file at the root of the replica (no folder in its path).
 #[test]
-#[ignore = "BUG: versions of a file at the root are listed with path \"/f.txt\" and location \".fedsync/versions/RUN//f.txt\" (local.rs list_versions joins an empty parent with '/'); restoring one fails with exit 3 \"not a version id\""]
 fn versions_and_restore_of_a_file_at_the_root() {
     let fx = setup();
     let (contents, runs) = three_overwrites(&fx, "f.txt");

@@ -943,6 +943,20 @@ impl Replica for LocalReplica {
         })
     }
 
+    fn stage_local(&self, fill: &mut dyn FnMut(&Path) -> io::Result<Hash>) -> Result<Staged> {
+        let (token, tmp) = self.tmp_path()?;
+        match fill(&tmp) {
+            Ok(h) => Ok(Staged {
+                token,
+                hash: Some(h),
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(io_err(tmp.display())(e))
+            }
+        }
+    }
+
     fn collect_garbage(&self) -> Result<u64> {
         let dir = self.meta_dir().join("objects");
         let rd = match fs::read_dir(&dir) {

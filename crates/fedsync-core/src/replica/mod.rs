@@ -176,6 +176,12 @@ pub trait Replica: Send + Sync {
     fn remove_version(&self, id: &str) -> Result<u64> {
         unsupported(id)
     }
+    /// Stage a new file written by `fill` into a temporary path on this replica (local
+    /// replicas only); `fill` returns the hash of what it wrote.
+    fn stage_local(&self, fill: &mut dyn FnMut(&Path) -> std::io::Result<Hash>) -> Result<Staged> {
+        let _ = fill;
+        unsupported("staging local content")
+    }
     /// Free shared version content no version refers to any more. Returns the bytes freed.
     fn collect_garbage(&self) -> Result<u64> {
         Ok(0)
