@@ -779,6 +779,8 @@ enum StateOp {
     RemoveBase(RelPath),
     Journal(usize, &'static str),
     Conflict(RelPath, String, Option<Entry>, Option<Entry>),
+    /// (path, snapshot hash, source hash, source size): see `Store::base_aliases`.
+    Alias(RelPath, Hash, Hash, u64),
 }
 
 fn base_of(e: &Entry) -> Entry {
@@ -968,6 +970,25 @@ impl Engine<'_> {
                 ));
             }
         }
+        if pair >= 0 {
+            let aliases = self.store.base_aliases(pair)?;
+            if !aliases.is_empty() {
+                for entries in [&mut scan_a.entries, &mut scan_b.entries] {
+                    for (p, e) in entries.iter_mut() {
+                        let Some(list) = aliases.get(p.as_str()) else {
+                            continue;
+                        };
+                        let hex = e.hash.map(|h| h.to_hex());
+                        if let Some((_, h, size)) =
+                            list.iter().find(|(a, _, _)| Some(a) == hex.as_ref())
+                        {
+                            e.hash = Some(*h);
+                            e.size = *size;
+                        }
+                    }
+                }
+            }
+        }
         drop_empty_containers(&mut scan_a.entries, rules);
         drop_empty_containers(&mut scan_b.entries, rules);
         let scanned = [scan_a.entries.len(), scan_b.entries.len()];
@@ -1132,6 +1153,31 @@ impl Engine<'_> {
 }
 
 /// What an item would transfer (files only; moves and directories send nothing).
+/// Stage a consistent snapshot of a SQLite database (SQLite's online backup, never a torn
+/// copy of a database being written), integrity-checked, with the source's mode and mtime.
+fn stage_sqlite(
+    src: &dyn Replica,
+    tgt: &dyn Replica,
+    path: &RelPath,
+    meta: &Entry,
+) -> Result<Staged, ReplicaError> {
+    let root = src.local_root().expect("sqlite snapshots are local");
+    let from = path.to_fs(root);
+    tgt.stage_local(&mut |p: &std::path::Path| {
+        let snap = crate::validate::sqlite_snapshot(&from, p)
+            .map_err(|e| std::io::Error::other(format!("SQLite snapshot of {path}: {e}")))?;
+        crate::validate::validate(crate::config::Validator::Sqlite, p)
+            .map_err(|e| std::io::Error::other(format!("SQLite snapshot of {path}: {e}")))?;
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(meta.mode))?;
+        let t = filetime::FileTime::from_unix_time(
+            meta.mtime.div_euclid(1_000_000_000),
+            meta.mtime.rem_euclid(1_000_000_000) as u32,
+        );
+        filetime::set_file_mtime(p, t)?;
+        Ok(snap.hash)
+    })
+}
+
 /// Write `data` to a new file with `mode` and `mtime` (ns), durable.
 fn write_file(p: &std::path::Path, data: &[u8], mode: u32, mtime: i64) -> std::io::Result<()> {
     use std::io::Write;
@@ -1280,6 +1326,8 @@ struct CopyJob {
     expect: Option<Entry>,
     /// For KeepBoth: the base to record at `dst`.
     base_path: RelPath,
+    /// A database under a `sqlite` rule: copied as a consistent snapshot (online backup).
+    sqlite: bool,
 }
 
 const BATCH_FILES: usize = 1024;
@@ -1429,6 +1477,7 @@ impl Applier<'_, '_> {
                 StateOp::Journal(i, state) => {
                     b.journal_state(self.eng.run, self.eng.seq_base + *i, state)?
                 }
+                StateOp::Alias(p, alias, h, size) => b.set_alias(self.pair, p, alias, h, *size)?,
                 StateOp::Conflict(p, reason, a, bb) => b.set_conflict(
                     self.pair_name,
                     p,
@@ -1762,6 +1811,8 @@ impl Applier<'_, '_> {
 
     fn copy_jobs(&self) -> Vec<CopyJob> {
         let mut jobs = Vec::new();
+        let both_local = self.reps.iter().all(|r| r.local_root().is_some());
+        let rules = self.eng.rules;
         for (i, it) in self.items.iter().enumerate() {
             match &it.decision.action {
                 Action::Copy { from } => {
@@ -1769,6 +1820,10 @@ impl Applier<'_, '_> {
                     if src.is_dir() {
                         continue;
                     }
+                    let sqlite = both_local
+                        && src.is_file()
+                        && rules.for_path(&it.path, false).validate
+                            == Some(crate::config::Validator::Sqlite);
                     jobs.push(CopyJob {
                         idx: i,
                         from: *from,
@@ -1777,6 +1832,7 @@ impl Applier<'_, '_> {
                         meta: src.clone(),
                         expect: it.side(from.other()).cloned(),
                         base_path: it.path.clone(),
+                        sqlite,
                     });
                 }
                 Action::KeepBoth { winner, aside } => {
@@ -1793,6 +1849,7 @@ impl Applier<'_, '_> {
                         meta: w,
                         expect: None,
                         base_path: it.path.clone(),
+                        sqlite: false,
                     });
                     jobs.push(CopyJob {
                         idx: i,
@@ -1802,6 +1859,7 @@ impl Applier<'_, '_> {
                         meta: l,
                         expect: None,
                         base_path: aside.clone(),
+                        sqlite: false,
                     });
                 }
                 _ => {}
@@ -1832,6 +1890,7 @@ impl Applier<'_, '_> {
                     let tgt = reps[j.from.other().idx()];
                     match j.meta.kind {
                         Kind::Symlink => tgt.stage_symlink(j.meta.link.as_deref().unwrap_or("")),
+                        _ if j.sqlite => stage_sqlite(reps[j.from.idx()], tgt, &j.src, &j.meta),
                         _ => tgt.stage_file(reps[j.from.idx()], &j.src, &j.meta),
                     }
                 })
@@ -1880,6 +1939,14 @@ impl Applier<'_, '_> {
                 if ok {
                     let (e, _) = r.expect("ok");
                     self.bytes[j.idx] += j.meta.size;
+                    // A database snapshot holds the source's data in other bytes: its hash
+                    // stands for the source's from now on, so neither side looks changed.
+                    if let (true, Some(alias), Some(h)) = (j.sqlite, e.hash, j.meta.hash) {
+                        if alias != h {
+                            self.ops
+                                .push(StateOp::Alias(j.dst.clone(), alias, h, j.meta.size));
+                        }
+                    }
                     self.ops
                         .push(StateOp::SetBase(j.base_path.clone(), base_of(&j.meta)));
                     self.cache_written(to, &j.dst, &e);

@@ -4,6 +4,7 @@
 use crate::entry::{Entry, Hash, Kind, StatId};
 use crate::path::RelPath;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,9 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE TABLE IF NOT EXISTS conflicts (
   pair TEXT NOT NULL, path TEXT NOT NULL, reason TEXT NOT NULL, run TEXT NOT NULL,
   a TEXT, b TEXT, PRIMARY KEY (pair, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS base_alias (
+  pair INTEGER NOT NULL, path TEXT NOT NULL, alias TEXT NOT NULL, hash BLOB NOT NULL,
+  size INTEGER NOT NULL, PRIMARY KEY (pair, path, alias)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS base_content (
   pair INTEGER NOT NULL, path TEXT NOT NULL, hash TEXT NOT NULL, data BLOB NOT NULL,
   PRIMARY KEY (pair, path));
@@ -683,6 +687,35 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Content hashes that stand for a base's hash: a SQLite snapshot holds the same data as
+    /// the database it was taken from, in other bytes. Path -> (alias hex, hash, size).
+    pub fn base_aliases(&self, pair: i64) -> Result<HashMap<String, Vec<(String, Hash, u64)>>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT path, alias, hash, size FROM base_alias WHERE pair = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([pair], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out: HashMap<String, Vec<(String, Hash, u64)>> = HashMap::new();
+        for row in rows {
+            let (path, alias, hash, size) = row.map_err(|e| self.err(e))?;
+            if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
+                out.entry(path)
+                    .or_default()
+                    .push((alias, Hash(h), size as u64));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn set_base_content(
         &self,
         pair: i64,
@@ -749,6 +782,31 @@ impl Batch<'_> {
                 "INSERT OR REPLACE INTO base_delta(pair, path, entry) VALUES (?1, ?2, ?3)",
             )
             .and_then(|mut st| st.execute(params![pair, path.as_str(), blob]))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Record that content `alias` at `path` stands for `hash` (see `Store::base_aliases`);
+    /// a path keeps only its latest alias.
+    pub fn set_alias(
+        &self,
+        pair: i64,
+        path: &RelPath,
+        alias: &Hash,
+        hash: &Hash,
+        size: u64,
+    ) -> Result<()> {
+        self.tx
+            .execute(
+                "DELETE FROM base_alias WHERE pair = ?1 AND path = ?2",
+                params![pair, path.as_str()],
+            )
+            .and_then(|_| {
+                self.tx.execute(
+                    "INSERT INTO base_alias(pair, path, alias, hash, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![pair, path.as_str(), alias.to_hex(), &hash.0[..], size as i64],
+                )
+            })
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
