@@ -1343,8 +1343,36 @@ impl Applier<'_, '_> {
         let items = self.items;
         // Journal first: the intent of every change is durable before the first one.
         {
+            // Merges left with conflict markers stay flagged for review until the file is
+            // edited (while both sides are unchanged since the merge).
+            let review: Vec<_> = self
+                .eng
+                .store
+                .conflicts()?
+                .into_iter()
+                .filter(|c| c.pair == self.pair_name && c.reason.starts_with("review:"))
+                .filter(|c| {
+                    RelPath::new(&c.path).is_ok_and(|p| {
+                        items
+                            .binary_search_by(|it| it.path.cmp(&p))
+                            .is_ok_and(|i| matches!(items[i].decision.action, Action::None))
+                    })
+                })
+                .collect();
             let b = self.eng.store.batch()?;
             b.clear_conflicts(self.pair_name)?;
+            for c in &review {
+                if let Ok(p) = RelPath::new(&c.path) {
+                    b.set_conflict(
+                        self.pair_name,
+                        &p,
+                        &c.reason,
+                        &c.run,
+                        c.a.as_ref(),
+                        c.b.as_ref(),
+                    )?;
+                }
+            }
             for (i, it) in items.iter().enumerate() {
                 if !it.decision.action.changes_something() {
                     continue;

@@ -596,7 +596,115 @@ pub fn reconcile(
     free_aside_names(&mut items);
     detect_moves(&mut items, ctx);
     fix_directories(&mut items, ctx);
+    detect_name_collisions(&mut items, ctx);
     items
+}
+
+/// The name a case-insensitive, normalizing filesystem (macOS, Windows) sees: Unicode NFC,
+/// lower case.
+pub fn folded_name(path: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    if path.is_ascii() {
+        path.to_ascii_lowercase()
+    } else {
+        path.nfc().collect::<String>().to_lowercase()
+    }
+}
+
+/// What an action would create on each side (a path that is absent there now).
+fn creates(it: &Item) -> [bool; 2] {
+    let mut out = [false; 2];
+    match &it.decision.action {
+        Action::Copy { from } => out[from.other().idx()] = it.side(from.other()).is_none(),
+        Action::Move { on, .. } => out[on.idx()] = true,
+        _ => {}
+    }
+    out
+}
+
+/// Names that differ only by case or Unicode normalization (`README.md` / `Readme.md`,
+/// `café` in NFC / NFD) must not land on a side that holds the other one: on a
+/// case-insensitive or normalizing filesystem one would silently overwrite the other. Both
+/// become conflicts (nothing is touched) for the user to rename one; what is inside a
+/// colliding directory waits with them.
+fn detect_name_collisions(items: &mut [Item], ctx: &PairCtx) {
+    if !items.iter().any(|it| creates(it).iter().any(|c| *c)) {
+        return;
+    }
+    // Folded name -> indexes of the items with that name.
+    let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        groups
+            .entry(folded_name(it.path.as_str()))
+            .or_default()
+            .push(i);
+    }
+    let mut flagged: Vec<(usize, String)> = Vec::new();
+    for idx in groups.values().filter(|g| g.len() > 1) {
+        for &i in idx {
+            let made = creates(&items[i]);
+            for side in [Side::A, Side::B] {
+                if !made[side.idx()] {
+                    continue;
+                }
+                // Another name of the group already on this side?
+                let other = idx.iter().copied().find(|&j| {
+                    j != i && items[j].side(side).is_some() && !creates(&items[j])[side.idx()]
+                });
+                if let Some(j) = other {
+                    let reason = format!(
+                        "names differ only by case or Unicode normalization: {} (from {}) and {} (on {}); \
+                         a case-insensitive or normalizing filesystem cannot hold both, so nothing is \
+                         copied. Rename one of them",
+                        items[i].path,
+                        ctx.name(side.other()),
+                        items[j].path,
+                        ctx.name(side)
+                    );
+                    flagged.push((i, reason.clone()));
+                    flagged.push((j, reason));
+                }
+            }
+        }
+    }
+    if flagged.is_empty() {
+        return;
+    }
+    let mut dirs: Vec<RelPath> = Vec::new();
+    for (i, reason) in flagged {
+        let it = &mut items[i];
+        if matches!(it.decision.action, Action::Conflict { .. }) {
+            continue;
+        }
+        if it.a.as_ref().is_some_and(|e| e.is_dir()) || it.b.as_ref().is_some_and(|e| e.is_dir()) {
+            dirs.push(it.path.clone());
+        }
+        it.decision = Decision {
+            action: Action::Conflict {
+                reason: reason.clone(),
+            },
+            why: reason.into(),
+            conflict: true,
+        };
+    }
+    if dirs.is_empty() {
+        return;
+    }
+    for it in items.iter_mut() {
+        if it.decision.action.changes_something()
+            && dirs.iter().any(|d| it.path.starts_with(d) && it.path != *d)
+        {
+            let reason = "inside a directory whose name collides with another (case or Unicode \
+                          normalization); waits until it is renamed"
+                .to_string();
+            it.decision = d(
+                Action::Skip {
+                    reason: reason.clone(),
+                },
+                reason,
+            );
+        }
+    }
 }
 
 /// A keep-both copy must not land on a name that is already used on either side (a user's

@@ -1037,8 +1037,7 @@ fn dir_replaced_by_link_while_other_side_created_inside() {
 /// SPEC 4, Names: case-only collisions are detected and reported as conflicts rather than
 /// clobbering each other. Nothing in reconcile looks at case.
 #[test]
-#[ignore = "issue 3 (names): case-only and NFC/NFD collisions are not detected yet"]
-fn spec_bug_case_only_collision_is_a_conflict() {
+fn case_only_collision_is_a_conflict() {
     assert_scenario(sc(
         "case_only_collision",
         vec![
@@ -1055,8 +1054,7 @@ fn spec_bug_case_only_collision_is_a_conflict() {
 /// SPEC 4, Names: Unicode normalization differences (macOS NFD vs Linux NFC) are detected and
 /// reported as conflicts.
 #[test]
-#[ignore = "issue 3 (names): case-only and NFC/NFD collisions are not detected yet"]
-fn spec_bug_unicode_normalization_collision_is_a_conflict() {
+fn unicode_normalization_collision_is_a_conflict() {
     assert_scenario(sc(
         "nfc_vs_nfd_collision",
         vec![
@@ -1066,6 +1064,59 @@ fn spec_bug_unicode_normalization_collision_is_a_conflict() {
         vec![
             ("cafe\u{301}.txt", queued(), CONFLICT),
             ("caf\u{e9}.txt", queued(), CONFLICT),
+        ],
+    ));
+}
+
+/// A new name that differs only by case from a synced one is not copied next to it (a
+/// case-insensitive target would overwrite the synced file); the synced one is flagged too.
+#[test]
+fn new_case_variant_of_a_synced_name_is_a_conflict() {
+    assert_scenario(sc(
+        "case_variant_of_synced_file",
+        vec![
+            ("notes.txt", file("v0", RW), file("v0", RW), file("v0", RW)),
+            ("Notes.txt", NONE, file("laptop's new file", RW), NONE),
+        ],
+        vec![
+            ("Notes.txt", queued(), CONFLICT),
+            ("notes.txt", queued(), CONFLICT),
+        ],
+    ));
+}
+
+/// Directories colliding by case: both flagged, and what is inside waits.
+#[test]
+fn colliding_directories_hold_their_contents() {
+    assert_scenario(sc(
+        "case_only_directory_collision",
+        vec![
+            ("Docs", NONE, dir(), NONE),
+            ("Docs/a.txt", NONE, file("a", RW), NONE),
+            ("docs", NONE, NONE, dir()),
+            ("docs/b.txt", NONE, NONE, file("b", RW)),
+        ],
+        vec![
+            ("Docs", queued(), CONFLICT),
+            ("Docs/a.txt", skipped(), CLEAN),
+            ("docs", queued(), CONFLICT),
+            ("docs/b.txt", skipped(), CLEAN),
+        ],
+    ));
+}
+
+/// Names that only look alike to a person but fold differently are synced normally.
+#[test]
+fn distinct_names_are_not_collisions() {
+    assert_scenario(sc(
+        "distinct_names",
+        vec![
+            ("report-1.txt", NONE, file("one", RW), NONE),
+            ("report-l.txt", NONE, NONE, file("ell", RW)),
+        ],
+        vec![
+            ("report-1.txt", copy(A), CLEAN),
+            ("report-l.txt", copy(B), CLEAN),
         ],
     ));
 }

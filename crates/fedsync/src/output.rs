@@ -205,6 +205,9 @@ impl Printer {
                     Outcome::Skipped(r) if *r == it.why => "  [skipped]".into(),
                     Outcome::Skipped(r) => format!("  [skipped: {r}]"),
                     Outcome::Failed(r) => format!("  [FAILED: {r}]"),
+                    Outcome::Conflict(r) if r.starts_with("review:") => {
+                        "  [review: edit the file to settle the conflict markers]".into()
+                    }
                     Outcome::Conflict(_) => "  [conflict: run `fedsync resolve` to settle]".into(),
                 };
                 let action = if it.conflict {
