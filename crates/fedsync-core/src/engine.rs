@@ -62,6 +62,8 @@ pub struct Options {
     pub create_missing: bool,
     /// On any failed item, undo everything this run applied.
     pub atomic: bool,
+    /// What kind of run this is in the history (default `sync`; `resolve` for resolutions).
+    pub label: Option<String>,
 }
 
 /// Progress callbacks; the binary draws bars, tests pass `NoProgress`.
@@ -469,7 +471,8 @@ pub fn sync(
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        begin_run(&mut store, audit.as_mut(), &run, "sync", detail)?;
+        let kind = opts.label.as_deref().unwrap_or("sync");
+        begin_run(&mut store, audit.as_mut(), &run, kind, detail)?;
     }
 
     let mut eng = Engine {
@@ -1343,20 +1346,27 @@ impl Applier<'_, '_> {
         let items = self.items;
         // Journal first: the intent of every change is durable before the first one.
         {
-            // Merges left with conflict markers stay flagged for review until the file is
-            // edited (while both sides are unchanged since the merge).
+            // Open conflicts this run does not look at (outside `--paths`) stay open; merges
+            // left with conflict markers stay flagged for review until the file is edited
+            // (while both sides are unchanged since the merge).
+            let only = &self.eng.opts.paths;
             let review: Vec<_> = self
                 .eng
                 .store
                 .conflicts()?
                 .into_iter()
-                .filter(|c| c.pair == self.pair_name && c.reason.starts_with("review:"))
+                .filter(|c| c.pair == self.pair_name)
                 .filter(|c| {
-                    RelPath::new(&c.path).is_ok_and(|p| {
-                        items
+                    let Ok(p) = RelPath::new(&c.path) else {
+                        return false;
+                    };
+                    if !only.is_empty() && !only.iter().any(|o| p.starts_with(o)) {
+                        return true;
+                    }
+                    c.reason.starts_with("review:")
+                        && items
                             .binary_search_by(|it| it.path.cmp(&p))
                             .is_ok_and(|i| matches!(items[i].decision.action, Action::None))
-                    })
                 })
                 .collect();
             let b = self.eng.store.batch()?;

@@ -689,7 +689,7 @@ impl Store {
 
     /// Content hashes that stand for a base's hash: a SQLite snapshot holds the same data as
     /// the database it was taken from, in other bytes. Path -> (alias hex, hash, size).
-    pub fn base_aliases(&self, pair: i64) -> Result<HashMap<String, Vec<(String, Hash, u64)>>> {
+    pub fn base_aliases(&self, pair: i64) -> Result<Aliases> {
         let mut st = self
             .conn
             .prepare("SELECT path, alias, hash, size FROM base_alias WHERE pair = ?1")
@@ -704,7 +704,7 @@ impl Store {
                 ))
             })
             .map_err(|e| self.err(e))?;
-        let mut out: HashMap<String, Vec<(String, Hash, u64)>> = HashMap::new();
+        let mut out = Aliases::new();
         for row in rows {
             let (path, alias, hash, size) = row.map_err(|e| self.err(e))?;
             if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
@@ -759,6 +759,9 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 }
+
+/// Per path: (alias hash in hex, the hash it stands for, that content's size).
+pub type Aliases = HashMap<String, Vec<(String, Hash, u64)>>;
 
 /// One transaction of state changes.
 pub struct Batch<'a> {

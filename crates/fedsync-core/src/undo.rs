@@ -294,6 +294,7 @@ pub fn check(steps: &[UndoStep], reps: &HashMap<String, &dyn Replica>) -> Vec<(S
 /// Apply undo steps as run `run`, appending an audit record per change; what they replace is
 /// kept under `.fedsync/versions/<version_run>/`. With `force`, a path that changed since
 /// the run is replaced anyway (its current content kept as a version).
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     steps: &[UndoStep],
     reps: &HashMap<String, &dyn Replica>,

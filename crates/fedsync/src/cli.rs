@@ -48,6 +48,15 @@ enum Cmd {
     Plan(SyncArgs),
     /// Replicas reachable?, last run, pending changes each way, open conflicts
     Status { name: Option<String> },
+    /// Settle open conflicts (queued by the `ask` policy); asks per item on a terminal
+    Resolve {
+        name: String,
+        /// Only the open conflicts at (or below) these paths
+        paths: Vec<String>,
+        /// Settle without asking: keep replica R's copy, the newest, both, or merge
+        #[arg(long, value_name = "R|newest|both|merge")]
+        keep: Option<String>,
+    },
     /// Base, both current states, the rule and the decision for one path
     Why { name: String, path: String },
     /// The audit trail
@@ -319,6 +328,7 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
                 wait: a.wait,
                 create_missing: adhoc,
                 atomic: a.atomic,
+                label: None,
             };
             fedsync_core::remote::set_deploy_agent(a.deploy_agent);
             let progress = p.progress();
@@ -328,6 +338,10 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
             Ok(report.exit_code())
         }
         Cmd::Status { name } => output::status(&home, p, name.as_deref()),
+        Cmd::Resolve { name, paths, keep } => {
+            let profile = load_profile(&home, name, None)?;
+            crate::resolve::resolve(&home, p, &profile, paths, keep.as_deref())
+        }
         Cmd::Why { name, path } => {
             let profile = load_profile(&home, name, None)?;
             output::why(&home, p, &profile, path)

@@ -2,6 +2,7 @@
 
 mod cli;
 mod output;
+mod resolve;
 
 fn main() {
     std::process::exit(cli::main());
