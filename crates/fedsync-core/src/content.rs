@@ -150,10 +150,9 @@ pub fn settle(
         // A copy under a validator: the source must pass it, or it is held back.
         if let (Action::Copy { from }, Some(v)) = (&it.decision.action, pr.validate) {
             let from = *from;
-            let Some(src) = it.side(from).filter(|e| e.is_file()) else {
+            if !it.side(from).is_some_and(|e| e.is_file()) {
                 continue;
-            };
-            let _ = src;
+            }
             if let Err(msg) = check(reps[from.idx()], &it.path, v) {
                 let keep = match it.side(from.other()) {
                     Some(_) => format!("{}'s copy is kept", pctx.name(from.other())),
@@ -190,6 +189,9 @@ fn merge_item(
     let (Some(a), Some(b)) = (it.a.as_ref(), it.b.as_ref()) else {
         return Err("one side is missing".into());
     };
+    if reps.iter().any(|r| r.local_root().is_none()) {
+        return Err("merging with an ssh:// replica is not supported by this build yet".into());
+    }
     let cap = merge::MAX_MERGE_BYTES as u64;
     if a.size > cap || b.size > cap {
         // Large append-only logs: decide from hashes without loading them.

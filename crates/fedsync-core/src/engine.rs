@@ -973,6 +973,8 @@ impl Engine<'_> {
                 ));
             }
         }
+        fold_sqlite_wal(&mut scan_a.entries, rules);
+        fold_sqlite_wal(&mut scan_b.entries, rules);
         if pair >= 0 {
             let aliases = self.store.base_aliases(pair)?;
             if !aliases.is_empty() {
@@ -1106,6 +1108,7 @@ impl Engine<'_> {
             aside: HashMap::new(),
             cache_over: [HashMap::new(), HashMap::new()],
             merged: &merged,
+            reviews_kept: 0,
         };
         ap.run()?;
         ap.save_base_content()?;
@@ -1116,6 +1119,7 @@ impl Engine<'_> {
             outcomes,
             bytes,
             versions,
+            reviews_kept,
             ..
         } = ap;
         // Fold the per-path base changes into a new snapshot once they are a noticeable
@@ -1134,6 +1138,15 @@ impl Engine<'_> {
             report.items.push(r);
         }
         tally(&mut report, &items);
+        if reviews_kept > 0 {
+            report.counts.conflicts += reviews_kept;
+            if report.status == PairStatus::Ok {
+                report.status = PairStatus::Incomplete;
+            }
+            report.message.get_or_insert_with(|| {
+                format!("{reviews_kept} merged file(s) still hold conflict markers: edit them (see `fedsync status`)")
+            });
+        }
         drop(items);
         timing.mark("report");
         Ok(report)
@@ -1156,6 +1169,36 @@ impl Engine<'_> {
 }
 
 /// What an item would transfer (files only; moves and directories send nothing).
+/// A SQLite database under a `sqlite` rule whose commits are partly still in its `-wal`
+/// file: its state is both files, so its hash covers both (the snapshot copies both).
+fn fold_sqlite_wal(entries: &mut [(RelPath, Entry)], rules: &Rules) {
+    let mut folds = Vec::new();
+    for (p, e) in entries.iter() {
+        let (Some(db), Some(h)) = (p.as_str().strip_suffix("-wal"), e.hash) else {
+            continue;
+        };
+        if e.size == 0 {
+            continue;
+        }
+        let Ok(db) = RelPath::new(db) else { continue };
+        if rules.for_path(&db, false).validate != Some(crate::config::Validator::Sqlite) {
+            continue;
+        }
+        if let Ok(j) = entries.binary_search_by(|(q, _)| q.cmp(&db)) {
+            folds.push((j, h));
+        }
+    }
+    for (j, wal) in folds {
+        let e = &mut entries[j].1;
+        if let Some(main) = e.hash {
+            let mut h = blake3::Hasher::new();
+            h.update(&main.0);
+            h.update(&wal.0);
+            e.hash = Some(Hash(*h.finalize().as_bytes()));
+        }
+    }
+}
+
 /// Stage a consistent snapshot of a SQLite database (SQLite's online backup, never a torn
 /// copy of a database being written), integrity-checked, with the source's mode and mtime.
 fn stage_sqlite(
@@ -1308,6 +1351,8 @@ struct Applier<'e, 'a> {
     cache_over: [HashMap<RelPath, Option<Cached>>; 2],
     /// Contents of `Merged` items.
     merged: &'e crate::content::Merged,
+    /// Merges with conflict markers still waiting for review (they keep the run at exit 1).
+    reviews_kept: u64,
 }
 
 /// Where one audited step of an item acted: the path, what was there, and (renames) the
@@ -1369,6 +1414,10 @@ impl Applier<'_, '_> {
                             .is_ok_and(|i| matches!(items[i].decision.action, Action::None))
                 })
                 .collect();
+            self.reviews_kept = review
+                .iter()
+                .filter(|c| c.reason.starts_with("review:"))
+                .count() as u64;
             let b = self.eng.store.batch()?;
             b.clear_conflicts(self.pair_name)?;
             for c in &review {

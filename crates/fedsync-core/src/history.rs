@@ -426,12 +426,6 @@ pub fn prune(home: &Home, profile: &Profile, dry_run: bool) -> Result<PruneRepor
                 Err(e) => report.errors.push(format!("replica {name}: {e}")),
             }
         }
-        if !dry_run {
-            match rep.collect_garbage() {
-                Ok(b) => report.bytes_freed += b,
-                Err(e) => report.errors.push(format!("replica {name}: {e}")),
-            }
-        }
     }
     Ok(report)
 }

@@ -245,6 +245,8 @@ pub fn validate_jsonl_reader<R: BufRead>(mut r: R, first_line: u64) -> Result<()
                 "invalid UTF-8",
             )
         })?;
+        // Without its line break: an error at the end of the record is on its own line.
+        let text = text.trim_end_matches(['\n', '\r']);
         if !text.trim().is_empty() {
             json_value(kind, text, line_no - 1)?;
         }

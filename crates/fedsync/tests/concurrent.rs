@@ -11,13 +11,17 @@
 //!   keep-both conflict copy, or kept as a version on that side;
 //! - nothing is torn: every file holds exactly a content somebody wrote in full;
 //! - once the writers stop, at most two more syncs make both trees identical.
+//!
+//! Two narrower tests aim the writer at the moments a replacement is weakest: a save landing
+//! between the re-check and the rename, and a file still held open by a program when it is
+//! replaced (its old inode becomes a kept version).
 
 mod common;
 
 use common::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -213,8 +217,8 @@ impl Writer {
 
     fn step(&mut self) {
         self.seq += 1;
-        // Large files: every 50th write, an append or a full in-place rewrite.
-        if self.seq % 50 == 0 {
+        // Large files: one write in 50, an append or a full in-place rewrite.
+        if self.rng.below(50) == 0 {
             let i = self.rng.below(self.big.len() as u64) as usize;
             let p = self.big[i].clone();
             if self.rng.below(2) == 0 {
@@ -404,6 +408,12 @@ fn kept_versions(root: &Path) -> HashMap<String, HashSet<Digest>> {
     out
 }
 
+/// The fixture on a tmpfs when there is one (files are created and deleted by the thousand,
+/// and every run flushes its replicas), else in the default temporary folder.
+fn fast_fx() -> Fx {
+    Fx::new_in(Path::new("/dev/shm")).unwrap_or_else(|_| Fx::new())
+}
+
 /// Exit code and report of one `sync --json` run (the report when stdout is one).
 fn sync_report(fx: &Fx) -> (Out, Option<serde_json::Value>) {
     let out = fx.sync(&["--json"]);
@@ -489,7 +499,6 @@ fn settle_and_check(fx: &Fx, ledger: &Ledger) -> (Vec<String>, String) {
     let (mut sa, mut sb);
     loop {
         let (out, rep) = sync_report(fx);
-        eprintln!("DBG final sync");
         sa = shape(&fx.a);
         sb = shape(&fx.b);
         let done = out.code == 0 && sa == sb;
@@ -552,7 +561,6 @@ fn settle_and_check(fx: &Fx, ledger: &Ledger) -> (Vec<String>, String) {
     for (p, d) in &ledger.initial {
         written_at.entry(p).or_default().insert(*d);
     }
-    eprintln!("DBG shapes");
     let (fa, fb) = (files(&sa), files(&sb));
     let vers = [kept_versions(&fx.a), kept_versions(&fx.b)];
     // Keep-both copies in the final trees: original path -> digests.
@@ -664,8 +672,7 @@ fn assert_no_problems(problems: &[String]) {
 /// most two more syncs must make the replicas identical, with no write lost or torn.
 #[test]
 fn concurrent_writers_on_both_sides_lose_nothing_and_tear_nothing() {
-    let fx = Fx::new_in(Path::new("/dev/shm")).unwrap();
-    let t0 = std::time::Instant::now();
+    let fx = fast_fx();
     let mut ledger = Ledger::default();
 
     // Both replicas start synced: a few hundred small files and a few large ones.
@@ -687,9 +694,7 @@ fn concurrent_writers_on_both_sides_lose_nothing_and_tear_nothing() {
         "new/README",
         b"files created while syncing land here\n",
     );
-    eprintln!("DBG written {:?}", t0.elapsed());
     fx.sync(&[]).ok();
-    eprintln!("DBG synced {:?}", t0.elapsed());
     assert_eq!(shape(&fx.a), shape(&fx.b), "initial sync");
 
     // Then A gets many changes (old fake mtimes), so that the first concurrent sync has
@@ -740,7 +745,6 @@ fn concurrent_writers_on_both_sides_lose_nothing_and_tear_nothing() {
     let mut problems = Vec::new();
     for n in 0..CONCURRENT_RUNS {
         let (out, rep) = sync_report(&fx);
-        eprintln!("DBG run {n} {:?}", t0.elapsed());
         match &rep {
             Some(rep) => {
                 let (s, c) = skipped_and_conflicts(rep);
@@ -763,15 +767,253 @@ fn concurrent_writers_on_both_sides_lose_nothing_and_tear_nothing() {
         ledger.add_writer(&h.join().expect("writer thread panicked"));
     }
 
-    eprintln!("DBG joined {:?}", t0.elapsed());
     let (more, summary) = settle_and_check(&fx, &ledger);
-    eprintln!("DBG checked {:?}", t0.elapsed());
     problems.extend(more);
     eprintln!(
         "concurrent writers: {CONCURRENT_RUNS} syncs during the writes ({skipped} items \
          skipped, {conflicts} conflicts); {summary}"
     );
-    drop(fx);
-    eprintln!("DBG dropped {:?}", t0.elapsed());
+    assert_no_problems(&problems);
+}
+
+/// Files of the second test, all changed on A before each round.
+const HOT: usize = 150;
+/// Rounds of the second test.
+const ROUNDS: usize = 8;
+
+fn hot_path(i: usize) -> String {
+    format!("hot/f{i:03}.txt")
+}
+
+/// A user on B who saves files (write a temporary file, rename it over the target) exactly
+/// while fedsync replaces them: for each target in the order fedsync processes them, the
+/// save happens the moment the old content shows up in this run's versions folder, i.e.
+/// between the pre-replace re-check and the rename of the new content into place. Every
+/// save is logged; returns how many were made that way.
+fn save_while_replacing(
+    fx: &Fx,
+    child: &mut std::process::Child,
+    versions_before: &HashSet<std::ffi::OsString>,
+    round: usize,
+    ledger: &mut Ledger,
+) -> usize {
+    let b = &fx.b;
+    let vroot = b.join(".fedsync").join("versions");
+    let exited = |c: &mut std::process::Child| c.try_wait().expect("try_wait").is_some();
+    // This run's versions folder appears with the first version it keeps.
+    let run_dir = loop {
+        if let Ok(rd) = fs::read_dir(&vroot) {
+            if let Some(d) = rd
+                .flatten()
+                .find(|d| !versions_before.contains(&d.file_name()))
+            {
+                break Some(d.path());
+            }
+        }
+        if exited(child) {
+            break None;
+        }
+        thread::yield_now();
+    };
+    let Some(run_dir) = run_dir else {
+        return 0;
+    };
+    let mut timed = 0;
+    let mut spins = 0u32;
+    let mut i = 0;
+    while i < HOT {
+        // The save is prepared in advance; only the rename waits for the moment.
+        let p = hot_path(i);
+        let (dir, name) = p.rsplit_once('/').expect("folder");
+        let tmp = b.join(format!("{dir}/.{name}.wtmp-b-{round}"));
+        let data = small_content(
+            &format!("{p} | saved on b while fedsync replaced it, round {round}"),
+            (i % 3) as u64,
+        );
+        fs::write(&tmp, &data).expect("write temp");
+        loop {
+            let kept = fs::symlink_metadata(run_dir.join(&p)).is_ok();
+            // Not kept (yet): the item may have been skipped, or the run may be over (looked
+            // at every 32 spins only, to keep the loop tight).
+            spins = (spins + 1) % 32;
+            let move_on = !kept
+                && spins == 0
+                && (exited(child)
+                    || (i + 1 < HOT
+                        && fs::symlink_metadata(run_dir.join(hot_path(i + 1))).is_ok()));
+            if kept || move_on {
+                fs::rename(&tmp, b.join(&p)).expect("rename the save into place");
+                timed += usize::from(kept);
+                break;
+            }
+        }
+        ledger.known.insert(digest(&data));
+        ledger.log.push(Wrote {
+            side: Side::B,
+            path: p.clone(),
+            op: "save while replaced",
+            digest: digest(&data),
+            head: head_of(&data),
+        });
+        i += 1;
+    }
+    timed
+}
+
+/// Invariant 4 at its narrowest point: a save on the target side (temporary file renamed
+/// over the target, as editors do) that lands right after fedsync re-checked the target and
+/// kept its old content as a version, just before fedsync renames the new content into
+/// place. Such a save is a change made during the run; it must not be clobbered (it may end
+/// up under the name, as a keep-both copy or as a version, but it must be somewhere).
+#[test]
+fn a_save_while_the_target_is_being_replaced_is_not_clobbered() {
+    let fx = fast_fx();
+    let mut ledger = Ledger::default();
+    for i in 0..HOT {
+        let p = hot_path(i);
+        ledger.initial(&fx, &p, &small_content(&format!("{p} | initial"), 1));
+    }
+    fx.sync(&[]).ok();
+
+    let mut problems = Vec::new();
+    let (mut timed, mut skipped) = (0, 0);
+    for round in 0..ROUNDS {
+        // A changes every file, so the run replaces every file on B.
+        for i in 0..HOT {
+            let p = hot_path(i);
+            let data = small_content(&format!("{p} | changed on a, round {round}"), 2);
+            ledger.change(&fx, Side::A, &p, &data);
+        }
+        let vroot = fx.b.join(".fedsync").join("versions");
+        let before: HashSet<std::ffi::OsString> = fs::read_dir(&vroot)
+            .map(|rd| rd.flatten().map(|d| d.file_name()).collect())
+            .unwrap_or_default();
+        let out_path = fx.dir.join(format!("round-{round}.json"));
+        let mut child = fx
+            .command(&["sync", fx.a_str(), fx.b_str(), "--json"])
+            .stdout(File::create(&out_path).expect("report file"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn fedsync sync");
+        let first = ledger.log.len();
+        timed += save_while_replacing(&fx, &mut child, &before, round, &mut ledger);
+        let status = child.wait().expect("wait for fedsync");
+        let report: Option<serde_json::Value> = fs::read_to_string(&out_path)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok());
+        // Each save of this round must be on B now: under its name, or kept as a version
+        // (nothing else writes there until the next round).
+        let kept = kept_versions(&fx.b);
+        for w in &ledger.log[first..] {
+            let now = fs::read(fx.b.join(&w.path)).map(|d| digest(&d)).ok();
+            let in_versions = kept.get(&w.path).is_some_and(|s| s.contains(&w.digest));
+            if now != Some(w.digest) && !in_versions {
+                let outcome = report.as_ref().and_then(|r| {
+                    items(r)
+                        .into_iter()
+                        .find(|i| i["path"] == w.path.as_str())
+                        .map(|i| i["outcome"].clone())
+                });
+                problems.push(format!(
+                    "LOST in round {round}: the save {:?} of {} on b is neither there nor kept \
+                     as a version (the run reported {})",
+                    w.head,
+                    w.path,
+                    outcome.map_or("nothing".into(), |o| o.to_string())
+                ));
+            }
+        }
+        if let Some(rep) = &report {
+            skipped += skipped_and_conflicts(rep).0;
+        }
+        if !matches!(status.code(), Some(0 | 1)) {
+            problems.push(format!(
+                "round {round}: sync exited {status:?}: {:?}",
+                report.as_ref().map(not_done)
+            ));
+        }
+        // A quiet run brings B's saves to A before the next round.
+        let (out, rep) = sync_report(&fx);
+        if !matches!(out.code, 0 | 1) {
+            problems.push(format!(
+                "round {round}: the quiet sync exited {}: {:?}",
+                out.code,
+                rep.as_ref().map(not_done)
+            ));
+        }
+    }
+
+    let (more, summary) = settle_and_check(&fx, &ledger);
+    problems.extend(more);
+    eprintln!(
+        "saves while replacing: {ROUNDS} rounds, {timed} saves timed on a kept version, \
+         {skipped} items skipped; {summary}"
+    );
+    assert_no_problems(&problems);
+}
+
+/// A program on B keeps a file open (a logger, a database) across a sync that replaces it:
+/// its later writes go to the old file, which is now the version fedsync kept. That is
+/// fine for that file, but they must not reach any other kept version: here another file
+/// had the same content, and its version must still hold that content.
+#[test]
+fn a_file_held_open_across_a_sync_changes_no_other_kept_version() {
+    let fx = fast_fx();
+    let mut ledger = Ledger::default();
+    for i in 0..20 {
+        let p = format!("logs/m{i:02}.log");
+        ledger.initial(&fx, &p, &small_content(&format!("{p} | initial"), 1));
+    }
+    ledger.initial(&fx, "logs/a.log", b"a initial\n");
+    ledger.initial(&fx, "logs/z.log", b"z initial\n");
+    fx.sync(&[]).ok();
+
+    // On B, the two logs get the same content in the same clock tick (a rotation writes the
+    // same header to both; the mtime is coarser than the time between the two writes), which
+    // reaches A.
+    let header = small_content("log header written on b to logs/a.log and logs/z.log", 2);
+    ledger.change(&fx, Side::B, "logs/a.log", &header);
+    ledger.change(&fx, Side::B, "logs/z.log", &header);
+    let tick = mtime_of(&fx.b.join("logs/z.log"));
+    set_mtime(&fx.b.join("logs/a.log"), tick.0, tick.1);
+    fx.sync(&[]).ok();
+    assert_eq!(read_bytes(&fx.a, "logs/z.log"), header);
+
+    // A logger on B opens logs/a.log for appending and keeps it open; A changes both logs;
+    // the sync replaces both on B, keeping B's content as versions.
+    let mut logger = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(fx.b.join("logs/a.log"))
+        .expect("open logs/a.log on b");
+    ledger.change(&fx, Side::A, "logs/a.log", b"a rewritten on a\n");
+    ledger.change(&fx, Side::A, "logs/z.log", b"z rewritten on a\n");
+    fx.sync(&[]).ok();
+    assert_eq!(read_bytes(&fx.b, "logs/z.log"), b"z rewritten on a\n");
+
+    // The logger writes a line through the file it holds (now the kept version of a.log).
+    let tail = b"a line the logger on b wrote after the sync\n";
+    logger
+        .write_all(tail)
+        .expect("append through the open file");
+    let mut held = Vec::new();
+    logger
+        .seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| logger.read_to_end(&mut held))
+        .expect("read back through the open file");
+    drop(logger);
+    assert_eq!(held, [header.as_slice(), tail].concat());
+    ledger.known.insert(digest(&held));
+    ledger.log.push(Wrote {
+        side: Side::B,
+        path: "logs/a.log".into(),
+        op: "append through a file held open",
+        digest: digest(&held),
+        head: head_of(&held),
+    });
+
+    // B's last content of logs/z.log (the header) must still be kept as its version.
+    let (problems, summary) = settle_and_check(&fx, &ledger);
+    eprintln!("file held open: {summary}");
     assert_no_problems(&problems);
 }

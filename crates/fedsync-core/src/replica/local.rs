@@ -86,14 +86,16 @@ pub fn hash_file(path: &Path) -> io::Result<(Hash, u64)> {
     Ok((Hash(*h.finalize().as_bytes()), len))
 }
 
-/// Same object, same size and mtime: what the scan cache and the pre-replace re-check trust.
+/// Same object, unchanged since: what the pre-replace re-check trusts. With inode numbers,
+/// the same inode with the same ctime and mtime (any write changes ctime, so the size is
+/// implied; the engine may present a SQLite snapshot's entry with its source's size);
+/// without, the same size and mtime.
 fn same_stat(a: &Entry, b: &Entry) -> bool {
     a.kind == b.kind
-        && a.size == b.size
         && a.mtime == b.mtime
         && match (a.stat, b.stat) {
             (Some(x), Some(y)) => x.ino == y.ino && x.ctime == y.ctime && x.dev == y.dev,
-            _ => true,
+            _ => a.size == b.size,
         }
 }
 
@@ -240,45 +242,6 @@ impl LocalReplica {
         Ok(rel)
     }
 
-    /// Content addressing of versions: `.fedsync/objects/<hash>` is one more link to a kept
-    /// file. When the same content is kept again, the new version becomes a link to the
-    /// existing copy and its own storage is freed. Called only once the version is no longer
-    /// the live file (an in-place edit must never reach a kept version). Best effort: a
-    /// failure keeps the plain version, which is always complete.
-    fn share_version(&self, version: &Path, h: Hash) {
-        let objects = self.meta_dir().join("objects");
-        let obj = objects.join(h.to_hex());
-        let Ok(md) = fs::symlink_metadata(version) else {
-            return;
-        };
-        if !md.is_file() {
-            return;
-        }
-        match fs::symlink_metadata(&obj) {
-            // Same content, mode and mtime: a restore from either is exact.
-            Ok(o)
-                if o.len() == md.len()
-                    && o.ino() != md.ino()
-                    && o.mode() == md.mode()
-                    && o.mtime() == md.mtime()
-                    && o.mtime_nsec() == md.mtime_nsec() =>
-            {
-                // Replace the version by a link to the kept copy, atomically (a temporary
-                // link renamed over it), so the version name always holds the content.
-                let tmp =
-                    version.with_extension(format!("fedsync-link-{:08x}", rand::random::<u32>()));
-                if fs::hard_link(&obj, &tmp).is_ok() && fs::rename(&tmp, version).is_err() {
-                    let _ = fs::remove_file(&tmp);
-                }
-            }
-            Ok(_) => {}
-            Err(_) => {
-                let _ = fs::create_dir_all(&objects);
-                let _ = fs::hard_link(version, &obj);
-            }
-        }
-    }
-
     /// The file of version `id`, refusing anything outside `.fedsync/versions/`.
     fn version_abs(&self, id: &str) -> Result<PathBuf> {
         let bad = || ReplicaError::Io {
@@ -294,6 +257,74 @@ impl LocalReplica {
             return Err(bad());
         }
         Ok(self.root.join(META_DIR).join("versions").join(rel.as_str()))
+    }
+
+    /// Put staged `tmp` in place of `path`, which must still be the object `expect`
+    /// describes (SPEC invariant 4, without a window): the two are exchanged atomically
+    /// (`renameat2(RENAME_EXCHANGE)`), then what came out is checked. If a save landed after
+    /// the re-check, the exchange is reversed and the item skipped; whatever cannot be put
+    /// back is kept as a version, so a concurrent save is never lost.
+    fn replace_exact(&self, tmp: &Path, path: &RelPath, expect: &Entry, run: &str) -> Result<()> {
+        let dst = self.abs(path);
+        let ours = fs::symlink_metadata(tmp).map_err(io_err(path))?.ino();
+        match exchange(tmp, &dst) {
+            Ok(()) => {}
+            // No file at the name (a filesystem without hard links moved it to the
+            // versions) or no exchange support: a plain rename after the re-check.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return match rename_noreplace(tmp, &dst) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        Err(ReplicaError::Changed(path.to_string()))
+                    }
+                    Err(e) => Err(io_err(path)(e)),
+                };
+            }
+            Err(_) => return fs::rename(tmp, &dst).map_err(io_err(path)),
+        }
+        let out = fs::symlink_metadata(tmp).ok();
+        let same = match (&out, expect.stat) {
+            (Some(md), Some(st)) => md.ino() == st.ino && md.dev() == st.dev,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if same {
+            // The old content is linked under the versions already.
+            let _ = fs::remove_file(tmp);
+            return Ok(());
+        }
+        // A save landed after the re-check: give it its name back.
+        if exchange(tmp, &dst).is_ok() {
+            if fs::symlink_metadata(tmp).is_ok_and(|m| m.ino() == ours) {
+                let _ = fs::remove_file(tmp);
+                return Err(ReplicaError::Changed(path.to_string()));
+            }
+        }
+        // Yet another save meanwhile: keep what is at the temporary name as a version.
+        let v = self.keep_version_from(tmp, path, run)?;
+        Err(ReplicaError::Changed(format!(
+            "{path} (a save made during the replace is kept as {v})"
+        )))
+    }
+
+    /// Move `file` into the versions of `p` for `run`.
+    fn keep_version_from(&self, file: &Path, p: &RelPath, run: &str) -> Result<String> {
+        let mut n = 0;
+        loop {
+            let rel = match n {
+                0 => format!("{META_DIR}/versions/{run}/{}", p.as_str()),
+                _ => format!("{META_DIR}/versions/{run}/{}~{n}", p.as_str()),
+            };
+            let dest = self.root.join(&rel);
+            if fs::symlink_metadata(&dest).is_err() {
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent).map_err(io_err(&rel))?;
+                }
+                fs::rename(file, &dest).map_err(io_err(p))?;
+                return Ok(rel);
+            }
+            n += 1;
+        }
     }
 
     fn tmp_path(&self) -> Result<(String, PathBuf)> {
@@ -447,6 +478,23 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
                 return Err(io::Error::from(io::ErrorKind::AlreadyExists));
             }
             fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Swap two names atomically. `Unsupported` where the filesystem cannot.
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        a,
+        rustix::fs::CWD,
+        b,
+        rustix::fs::RenameFlags::EXCHANGE,
+    ) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            Err(io::Error::from(io::ErrorKind::Unsupported))
         }
         Err(e) => Err(e.into()),
     }
@@ -750,11 +798,17 @@ impl Replica for LocalReplica {
                 None => None,
             };
             crate::faults::point("version kept, before replace");
-            fs::rename(&tmp, self.abs(path)).map_err(io_err(path))?;
-            crate::faults::point("replaced");
-            if let (Some(v), Some(h)) = (&version, expect.and_then(|e| e.hash)) {
-                self.share_version(&self.root.join(v), h);
+            match (&cur, &version) {
+                (Some(c), Some(_)) if !c.is_dir() => self.replace_exact(&tmp, path, c, run)?,
+                _ => match rename_noreplace(&tmp, &self.abs(path)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(ReplicaError::Changed(path.to_string()))
+                    }
+                    Err(e) => return Err(io_err(path)(e)),
+                },
             }
+            crate::faults::point("replaced");
             Ok((self.stat_after(path, staged.hash)?, version))
         })();
         if r.is_err() {
@@ -777,8 +831,19 @@ impl Replica for LocalReplica {
             };
         }
         let v = self.keep_version(path, run, false)?;
-        if let Some(h) = expect.hash.filter(|_| expect.is_file()) {
-            self.share_version(&self.root.join(&v), h);
+        // A save that landed between the re-check and the rename was moved instead of the
+        // file scanned: put it back (it is the user's newest content) and skip the delete.
+        let moved = fs::symlink_metadata(self.root.join(&v)).ok();
+        if let (Some(md), Some(st)) = (moved, expect.stat) {
+            if md.ino() != st.ino || md.dev() != st.dev {
+                if rename_noreplace(&self.root.join(&v), &self.abs(path)).is_ok() {
+                    return Err(ReplicaError::Changed(path.to_string()));
+                }
+                // Something else took the name meanwhile: the save stays kept as a version.
+                return Err(ReplicaError::Changed(format!(
+                    "{path} (the newer save is kept as {v})"
+                )));
+            }
         }
         crate::faults::point("removed");
         Ok(Some(v))
@@ -955,24 +1020,6 @@ impl Replica for LocalReplica {
                 Err(io_err(tmp.display())(e))
             }
         }
-    }
-
-    fn collect_garbage(&self) -> Result<u64> {
-        let dir = self.meta_dir().join("objects");
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(io_err(dir.display())(e)),
-        };
-        let mut freed = 0;
-        for de in rd.flatten() {
-            if let Ok(md) = de.path().symlink_metadata() {
-                if md.is_file() && md.nlink() == 1 && fs::remove_file(de.path()).is_ok() {
-                    freed += md.len();
-                }
-            }
-        }
-        Ok(freed)
     }
 
     fn remove_version(&self, id: &str) -> Result<u64> {

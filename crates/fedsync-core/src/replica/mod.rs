@@ -182,8 +182,4 @@ pub trait Replica: Send + Sync {
         let _ = fill;
         unsupported("staging local content")
     }
-    /// Free shared version content no version refers to any more. Returns the bytes freed.
-    fn collect_garbage(&self) -> Result<u64> {
-        Ok(0)
-    }
 }
