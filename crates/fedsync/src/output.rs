@@ -33,7 +33,7 @@ pub struct Printer {
     pub color: bool,
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const U: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut v = n as f64;
     let mut i = 0;
@@ -48,7 +48,7 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-fn fmt_time(ns: i64) -> String {
+pub(crate) fn fmt_time(ns: i64) -> String {
     chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), 0)
         .map(|t| {
             t.with_timezone(&chrono::Local)
@@ -395,7 +395,7 @@ impl Printer {
                     serde_json::json!({
                         "replica": r, "version": history::short_id(v), "run": v.run,
                         "path": v.path, "kind": v.kind.as_str(), "size": v.size,
-                        "mtime": fmt_ns(v.mtime), "location": v.id,
+                        "mtime": fmt_time(v.mtime), "location": v.id,
                     })
                 })
                 .collect();
@@ -419,7 +419,7 @@ impl Printer {
                 history::short_id(v),
                 r,
                 human_bytes(v.size),
-                fmt_ns(v.mtime)
+                fmt_time(v.mtime)
             );
         }
         outln!("put one back with `fedsync restore {profile} {path} --version VERSION`");
@@ -496,16 +496,6 @@ impl Printer {
             r.kept
         );
     }
-}
-
-fn fmt_ns(ns: i64) -> String {
-    chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), 0)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_default()
 }
 
 const PRESET_CODE: &[&str] = &[

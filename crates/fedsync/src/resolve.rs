@@ -12,7 +12,7 @@
 //! `prefer:<hub>`, so the run carries the merge to the other side.
 
 use crate::cli::Fail;
-use crate::output::Printer;
+use crate::output::{fmt_time, human_bytes, Printer};
 use fedsync_core::config::{Policy, Profile, ReplicaAddr};
 use fedsync_core::engine::{self, Outcome, RunReport};
 use fedsync_core::entry::{Entry, Kind};
@@ -428,31 +428,6 @@ fn view_side(rep: Result<Arc<dyn Replica>, String>, name: &str, path: &RelPath) 
         entry,
         content,
     }
-}
-
-fn human_bytes(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i < U.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
-
-fn fmt_time(ns: i64) -> String {
-    chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), 0)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_else(|| ns.to_string())
 }
 
 fn describe(e: &Result<Option<Entry>, String>) -> String {
