@@ -64,6 +64,17 @@ pub struct Options {
     pub atomic: bool,
     /// What kind of run this is in the history (default `sync`; `resolve` for resolutions).
     pub label: Option<String>,
+    /// Set (e.g. by SIGINT/SIGTERM) to stop the run cleanly: the item being written finishes,
+    /// the rest is left for the next run (reported as skipped, journal closed).
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Options {
+    pub fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// Progress callbacks; the binary draws bars, tests pass `NoProgress`.
@@ -493,6 +504,11 @@ pub fn sync(
     let mut pairs: Vec<PairReport> = Vec::new();
     let mut last_hub_change = 0;
     for k in 1..n {
+        if opts.cancelled() {
+            warnings
+                .push("stopped before every pair was synced; the next run does the rest".into());
+            break;
+        }
         let rep = eng.pair(0, k, &reps, &avail)?;
         if rep.counts.to_a > 0 || rep.counts.deleted_a > 0 {
             last_hub_change = k;
@@ -1502,14 +1518,34 @@ impl Applier<'_, '_> {
             }
         }
 
-        self.phase_asides();
-        self.phase_mkdirs();
-        self.phase_moves();
-        self.phase_deletes(false);
-        self.phase_deletes(true);
-        self.phase_copies()?;
-        self.phase_merged();
-        self.phase_modes();
+        let opts = self.eng.opts;
+        let phases: [&dyn Fn(&mut Self) -> Result<(), EngineError>; 8] = [
+            &|s| Ok(s.phase_asides()),
+            &|s| Ok(s.phase_mkdirs()),
+            &|s| Ok(s.phase_moves()),
+            &|s| Ok(s.phase_deletes(false)),
+            &|s| Ok(s.phase_deletes(true)),
+            &|s| s.phase_copies(),
+            &|s| Ok(s.phase_merged()),
+            &|s| Ok(s.phase_modes()),
+        ];
+        for phase in phases {
+            if opts.cancelled() {
+                break;
+            }
+            phase(self)?;
+        }
+        if opts.cancelled() {
+            // Stopped: what was not done is left for the next run, and said so.
+            for (i, it) in items.iter().enumerate() {
+                if it.decision.action.changes_something() && self.outcomes[i].is_none() {
+                    self.outcomes[i] = Some(Outcome::Skipped(
+                        "not done: the run was stopped; the next run does it".into(),
+                    ));
+                    self.ops.push(StateOp::Journal(i, "skipped"));
+                }
+            }
+        }
 
         // Renames and new directory entries durable too (nothing to flush after a no-op:
         // syncfs would wait for other programs' writes).
@@ -1959,6 +1995,9 @@ impl Applier<'_, '_> {
         let jobs = self.copy_jobs();
         let mut start = 0;
         while start < jobs.len() {
+            if self.eng.opts.cancelled() {
+                break;
+            }
             let mut end = start;
             let mut bytes = 0;
             while end < jobs.len()

@@ -329,6 +329,7 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
                 create_missing: adhoc,
                 atomic: a.atomic,
                 label: None,
+                cancel: Some(stop_on_signals()),
             };
             fedsync_core::remote::set_deploy_agent(a.deploy_agent);
             let progress = p.progress();
@@ -414,6 +415,19 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
         }
         Cmd::Serve { .. } => unreachable!("handled before the home is needed"),
     }
+}
+
+/// SIGINT/SIGTERM set the returned flag: the engine finishes the item it is writing and
+/// stops cleanly (lock released, journal closed). A second signal exits at once (exit 130);
+/// even then the next run recovers.
+pub fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
 }
 
 fn rel_arg(s: &str) -> Result<RelPath, Fail> {

@@ -33,6 +33,9 @@ pub struct Printer {
     pub color: bool,
 }
 
+/// How the engine marks the items a stopped run left undone.
+const STOPPED: &str = "not done: the run was stopped";
+
 pub(crate) fn human_bytes(n: u64) -> String {
     const U: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut v = n as f64;
@@ -191,7 +194,24 @@ impl Printer {
                 }
             }
             let show_items = plan || self.verbose > 0 || p.status == PairStatus::Refused;
+            let stopped = p
+                .items
+                .iter()
+                .filter(|it| matches!(&it.outcome, Outcome::Skipped(r) if r.starts_with(STOPPED)))
+                .count();
+            if stopped > 0 {
+                self.warn(&format!(
+                    "stopped by a signal: {stopped} changes between {} and {} are left for the next run",
+                    p.a, p.b
+                ));
+            }
             for it in &p.items {
+                if stopped > 0
+                    && self.verbose == 0
+                    && matches!(&it.outcome, Outcome::Skipped(r) if r.starts_with(STOPPED))
+                {
+                    continue;
+                }
                 let problem = matches!(
                     it.outcome,
                     Outcome::Skipped(_) | Outcome::Failed(_) | Outcome::Conflict(_)
