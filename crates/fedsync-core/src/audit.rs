@@ -37,6 +37,9 @@ pub struct Record {
     pub kind_before: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind_after: Option<String>,
+    /// An append in place: the length the file had before (the old content is its prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appended_from: Option<u64>,
     /// Symlinks: the target before and after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_before: Option<String>,

@@ -1377,6 +1377,8 @@ struct Step<'p> {
     path: &'p RelPath,
     before: Option<&'p Entry>,
     from: Option<&'p RelPath>,
+    /// An append in place: the length the file had (what a rollback truncates back to).
+    appended_from: Option<u64>,
 }
 
 /// A file or link to write: (item, source side, source path, destination path, metadata,
@@ -1392,6 +1394,9 @@ struct CopyJob {
     base_path: RelPath,
     /// A database under a `sqlite` rule: copied as a consistent snapshot (online backup).
     sqlite: bool,
+    /// An append-only file under `merge = "append"` that grew: only the new tail is written,
+    /// in place (when the target still is the source's prefix).
+    append: bool,
 }
 
 const BATCH_FILES: usize = 1024;
@@ -1640,6 +1645,7 @@ impl Applier<'_, '_> {
             path: &it.path,
             before: it.side(target),
             from: None,
+            appended_from: None,
         };
         self.finish_step(i, target, step, result)
     }
@@ -1679,6 +1685,7 @@ impl Applier<'_, '_> {
                 size: after.as_ref().map(|e| e.size),
                 version: version.clone(),
                 from: step.from.map(|p| p.to_string()),
+                appended_from: step.appended_from,
                 kind_before: before.map(|e| e.kind.as_str().to_string()),
                 kind_after: after.as_ref().map(|e| e.kind.as_str().to_string()),
                 link_before: before.and_then(|e| e.link.clone()),
@@ -1825,6 +1832,7 @@ impl Applier<'_, '_> {
                         path: aside,
                         before: None,
                         from: Some(&it.path),
+                        appended_from: None,
                     };
                     self.finish_step(i, loser, step, Ok((Some(e.clone()), None)));
                     self.aside.insert(i, e);
@@ -1886,6 +1894,7 @@ impl Applier<'_, '_> {
                 path: &it.path,
                 before: None,
                 from: Some(from),
+                appended_from: None,
             };
             let ok = self.finish_step(
                 i,
@@ -1943,10 +1952,16 @@ impl Applier<'_, '_> {
                     if src.is_dir() {
                         continue;
                     }
+                    let pr = rules.for_path(&it.path, false);
                     let sqlite = both_local
                         && src.is_file()
-                        && rules.for_path(&it.path, false).validate
-                            == Some(crate::config::Validator::Sqlite);
+                        && pr.validate == Some(crate::config::Validator::Sqlite);
+                    let append = both_local
+                        && src.is_file()
+                        && pr.merge == Some(crate::config::MergeKind::Append)
+                        && it
+                            .side(from.other())
+                            .is_some_and(|t| t.is_file() && t.size < src.size && t.hash.is_some());
                     jobs.push(CopyJob {
                         idx: i,
                         from: *from,
@@ -1956,6 +1971,7 @@ impl Applier<'_, '_> {
                         expect: it.side(from.other()).cloned(),
                         base_path: it.path.clone(),
                         sqlite,
+                        append,
                     });
                 }
                 Action::KeepBoth { winner, aside } => {
@@ -1973,6 +1989,7 @@ impl Applier<'_, '_> {
                         expect: None,
                         base_path: it.path.clone(),
                         sqlite: false,
+                        append: false,
                     });
                     jobs.push(CopyJob {
                         idx: i,
@@ -1983,6 +2000,7 @@ impl Applier<'_, '_> {
                         expect: None,
                         base_path: aside.clone(),
                         sqlite: false,
+                        append: false,
                     });
                 }
                 _ => {}
@@ -1991,8 +2009,66 @@ impl Applier<'_, '_> {
         jobs
     }
 
+    /// Append-only files that grew: write only the new tail, in place (the old content is
+    /// the file's prefix, so nothing is overwritten). What cannot be appended (the source is
+    /// not the target plus a tail) goes through the normal copy.
+    fn phase_appends(&mut self, jobs: Vec<CopyJob>) -> Vec<CopyJob> {
+        let mut rest = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            if !j.append || self.failed_before(j.idx) || self.eng.opts.cancelled() {
+                rest.push(j);
+                continue;
+            }
+            let to = j.from.other();
+            let Some(expect) = j.expect.as_ref() else {
+                rest.push(j);
+                continue;
+            };
+            let r = self
+                .rep(to)
+                .append_tail(self.reps[j.from.idx()], &j.dst, expect, &j.meta);
+            let r = match r {
+                Ok(None) => {
+                    rest.push(j);
+                    continue;
+                }
+                Ok(Some(e)) => Ok((Some(e), None)),
+                Err(e) => Err(e),
+            };
+            let step = Step {
+                path: &j.dst,
+                before: Some(expect),
+                from: None,
+                appended_from: Some(expect.size),
+            };
+            let ok = self.finish_step(
+                j.idx,
+                to,
+                step,
+                r.as_ref()
+                    .map(|(e, v)| (e.clone(), v.clone()))
+                    .map_err(clone_err),
+            );
+            if ok {
+                let (e, _) = r.expect("ok");
+                let e = e.expect("appended entry");
+                self.bytes[j.idx] += j.meta.size - expect.size;
+                self.ops
+                    .push(StateOp::SetBase(j.base_path.clone(), base_of(&j.meta)));
+                self.cache_written(to, &j.dst, &e);
+            }
+            self.eng.progress.advance(j.meta.size);
+        }
+        rest
+    }
+
     fn phase_copies(&mut self) -> Result<(), EngineError> {
         let jobs = self.copy_jobs();
+        let jobs = if jobs.iter().any(|j| j.append) {
+            self.phase_appends(jobs)
+        } else {
+            jobs
+        };
         let mut start = 0;
         while start < jobs.len() {
             if self.eng.opts.cancelled() {
@@ -2053,6 +2129,7 @@ impl Applier<'_, '_> {
                     path: &j.dst,
                     before: j.expect.as_ref(),
                     from: None,
+                    appended_from: None,
                 };
                 let ok = self.finish_step(
                     j.idx,

@@ -36,6 +36,11 @@ pub enum UndoOp {
     SetMode {
         mode: u32,
     },
+    /// Cut an append-only file back to the length it had (its old content is the prefix;
+    /// the longer file is kept as a version).
+    Truncate {
+        len: u64,
+    },
 }
 
 /// What the path must hold for the undo to apply.
@@ -100,6 +105,14 @@ pub fn undo_of(r: &Record) -> Result<Vec<UndoStep>, String> {
             UndoOp::RenameTo { to: from.clone() },
             after,
             None,
+        )]);
+    }
+    if let Some(len) = r.appended_from {
+        return Ok(vec![step(
+            &r.path,
+            UndoOp::Truncate { len },
+            after,
+            Some(before),
         )]);
     }
     if r.action == "set-mode" {
@@ -421,6 +434,15 @@ fn apply_one(
             let after = rep.mkdir(&path, *mode, cur.as_ref(), run).map_err(err)?;
             rec.action = "restore".into();
             rec.kind_after = kind_str(Some(&after));
+        }
+        UndoOp::Truncate { len } => {
+            let staged = rep.stage_prefix(&path, *len).map_err(err)?;
+            let (after, kept) = rep.install(staged, &path, cur.as_ref(), run).map_err(err)?;
+            rec.action = "restore".into();
+            rec.kind_after = kind_str(Some(&after));
+            rec.hash_after = hash_str(Some(&after));
+            rec.size = Some(after.size);
+            rec.version = kept;
         }
         UndoOp::SetMode { mode } => {
             let Some(c) = cur.as_ref() else {

@@ -366,6 +366,9 @@ impl Printer {
                     UndoOp::RenameTo { to } => format!("moved back to {to}"),
                     UndoOp::Mkdir { .. } => "directory re-created".into(),
                     UndoOp::SetMode { mode } => format!("mode set back to {mode:o}"),
+                    UndoOp::Truncate { len } => {
+                        format!("cut back to its {len} bytes before the append (kept as a version)")
+                    }
                 };
                 if self.verbose > 0 || r.done.len() <= 20 {
                     outln!("  {:<8} {}  — {what}", s.replica, s.path);

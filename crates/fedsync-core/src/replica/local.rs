@@ -1008,6 +1008,92 @@ impl Replica for LocalReplica {
         })
     }
 
+    fn append_tail(
+        &self,
+        src: &dyn Replica,
+        path: &RelPath,
+        expect: &Entry,
+        meta: &Entry,
+    ) -> Result<Option<Entry>> {
+        let (Some(src_root), Some(old_hash), Some(new_hash)) =
+            (src.local_root(), expect.hash, meta.hash)
+        else {
+            return Ok(None);
+        };
+        if !expect.is_file() || meta.size <= expect.size {
+            return Ok(None);
+        }
+        self.check_parents(path)?;
+        if let Some(e) = crate::faults::fail(path.as_str()) {
+            return Err(io_err(path)(e));
+        }
+        // The source must be exactly the target's content plus a tail.
+        let src_path = path.to_fs(src_root);
+        let mut input = File::open(&src_path).map_err(io_err(path))?;
+        let prefix = crate::merge::hash_prefix(&mut input, expect.size).map_err(io_err(path))?;
+        if prefix != old_hash {
+            return Ok(None);
+        }
+        self.recheck(path, Some(expect))?;
+        let dst = self.abs(path);
+        let mut out = fs::OpenOptions::new()
+            .append(true)
+            .open(&dst)
+            .map_err(io_err(path))?;
+        // The file may not have grown since the re-check (the appends we make are ours).
+        if out.metadata().map_err(io_err(path))?.len() != expect.size {
+            return Err(ReplicaError::Changed(path.to_string()));
+        }
+        let tail = meta.size - expect.size;
+        let written = io::copy(&mut (&mut input).take(tail), &mut out).map_err(io_err(path))?;
+        let restore = |out: &File| {
+            let _ = out.set_len(expect.size);
+            let _ = out.sync_data();
+        };
+        if written != tail {
+            restore(&out);
+            return Err(ReplicaError::HashMismatch(path.to_string()));
+        }
+        crate::faults::point("appended");
+        out.sync_data().map_err(io_err(path))?;
+        let (h, len) = hash_file(&dst).map_err(io_err(path))?;
+        if h != new_hash || len != meta.size {
+            // The source changed while it was read: cut back to the old content.
+            restore(&out);
+            return Err(ReplicaError::HashMismatch(path.to_string()));
+        }
+        out.set_permissions(fs::Permissions::from_mode(meta.mode))
+            .map_err(io_err(path))?;
+        let mtime = filetime::FileTime::from_unix_time(
+            meta.mtime.div_euclid(1_000_000_000),
+            meta.mtime.rem_euclid(1_000_000_000) as u32,
+        );
+        filetime::set_file_handle_times(&out, None, Some(mtime)).map_err(io_err(path))?;
+        drop(out);
+        Ok(Some(self.stat_after(path, Some(h))?))
+    }
+
+    fn stage_prefix(&self, path: &RelPath, len: u64) -> Result<Staged> {
+        self.check_parents(path)?;
+        let src = self.abs(path);
+        let md = fs::metadata(&src).map_err(io_err(path))?;
+        self.stage_local(&mut |tmp: &Path| {
+            let mut input = File::open(&src)?;
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(tmp)?;
+            let n = io::copy(&mut (&mut input).take(len), &mut out)?;
+            if n != len {
+                return Err(io::Error::other("the file is shorter than its old length"));
+            }
+            out.set_permissions(md.permissions())?;
+            out.sync_data()?;
+            drop(out);
+            Ok(hash_file(tmp)?.0)
+        })
+    }
+
     fn stage_local(&self, fill: &mut dyn FnMut(&Path) -> io::Result<Hash>) -> Result<Staged> {
         let (token, tmp) = self.tmp_path()?;
         match fill(&tmp) {

@@ -176,6 +176,25 @@ pub trait Replica: Send + Sync {
     fn remove_version(&self, id: &str) -> Result<u64> {
         unsupported(id)
     }
+    /// Append-only growth: if `path` still is `expect` and `src`'s file at `path` is that
+    /// content plus a tail, append the tail in place (durable, then the whole file checked
+    /// against `meta.hash`; on a mismatch the file is cut back to its old length). `Ok(None)`:
+    /// not an append (use a normal copy).
+    fn append_tail(
+        &self,
+        src: &dyn Replica,
+        path: &RelPath,
+        expect: &Entry,
+        meta: &Entry,
+    ) -> Result<Option<Entry>> {
+        let _ = (src, path, expect, meta);
+        Ok(None)
+    }
+    /// Stage a copy of the first `len` bytes of `path` (undoing an append).
+    fn stage_prefix(&self, path: &RelPath, len: u64) -> Result<Staged> {
+        let _ = len;
+        unsupported(path.as_str())
+    }
     /// Stage a new file written by `fill` into a temporary path on this replica (local
     /// replicas only); `fill` returns the hash of what it wrote.
     fn stage_local(&self, fill: &mut dyn FnMut(&Path) -> std::io::Result<Hash>) -> Result<Staged> {
