@@ -1524,21 +1524,20 @@ impl Applier<'_, '_> {
         }
 
         let opts = self.eng.opts;
-        let phases: [&dyn Fn(&mut Self) -> Result<(), EngineError>; 8] = [
-            &|s| Ok(s.phase_asides()),
-            &|s| Ok(s.phase_mkdirs()),
-            &|s| Ok(s.phase_moves()),
-            &|s| Ok(s.phase_deletes(false)),
-            &|s| Ok(s.phase_deletes(true)),
-            &|s| s.phase_copies(),
-            &|s| Ok(s.phase_merged()),
-            &|s| Ok(s.phase_modes()),
-        ];
-        for phase in phases {
+        for phase in 0..8 {
             if opts.cancelled() {
                 break;
             }
-            phase(self)?;
+            match phase {
+                0 => self.phase_asides(),
+                1 => self.phase_mkdirs(),
+                2 => self.phase_moves(),
+                3 => self.phase_deletes(false),
+                4 => self.phase_deletes(true),
+                5 => self.phase_copies()?,
+                6 => self.phase_merged(),
+                _ => self.phase_modes(),
+            }
         }
         if opts.cancelled() {
             // Stopped: what was not done is left for the next run, and said so.

@@ -294,11 +294,9 @@ impl LocalReplica {
             return Ok(());
         }
         // A save landed after the re-check: give it its name back.
-        if exchange(tmp, &dst).is_ok() {
-            if fs::symlink_metadata(tmp).is_ok_and(|m| m.ino() == ours) {
-                let _ = fs::remove_file(tmp);
-                return Err(ReplicaError::Changed(path.to_string()));
-            }
+        if exchange(tmp, &dst).is_ok() && fs::symlink_metadata(tmp).is_ok_and(|m| m.ino() == ours) {
+            let _ = fs::remove_file(tmp);
+            return Err(ReplicaError::Changed(path.to_string()));
         }
         // Yet another save meanwhile: keep what is at the temporary name as a version.
         let v = self.keep_version_from(tmp, path, run)?;
