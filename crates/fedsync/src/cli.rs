@@ -111,11 +111,28 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Serve the dashboard (a web page and JSON API) for profile NAME on this machine
+    Ui {
+        name: String,
+        /// Address to listen on (port 0 picks a free one; the actual address is printed)
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8384")]
+        listen: String,
+        /// Allow a non-loopback --listen address (anyone who reaches it with the token can
+        /// change files; there is no TLS)
+        #[arg(long)]
+        allow_remote: bool,
+    },
     /// The remote agent, spoken to over stdin/stdout (started via ssh by the client)
     Serve {
         /// The replica root on this machine
         root: PathBuf,
     },
+    /// Sync continuously: file events trigger runs of the changed subtrees, plus a periodic
+    /// full rescan; stops cleanly on Ctrl-C / SIGTERM
+    Watch(crate::watch::WatchArgs),
+    /// Run watch (or a periodic sync) in the background: systemd user unit / launchd agent
+    #[command(subcommand)]
+    Service(crate::service::ServiceCmd),
 }
 
 #[derive(Args, Debug)]
@@ -333,7 +350,18 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
             };
             fedsync_core::remote::set_deploy_agent(a.deploy_agent);
             let progress = p.progress();
-            let report = engine::sync(&home, &profile, &opts, &progress)?;
+            let report = match engine::sync(&home, &profile, &opts, &progress) {
+                Ok(r) => r,
+                Err(e) => {
+                    if !opts.dry_run && e.exit_code() == 3 {
+                        crate::watch::sync_failed(&profile, None, Some(&e.to_string()));
+                    }
+                    return Err(e.into());
+                }
+            };
+            if !opts.dry_run && report.exit_code() == 3 {
+                crate::watch::sync_failed(&profile, Some(&report), None);
+            }
             drop(progress);
             p.run_report(&report, plan || a.dry_run);
             Ok(report.exit_code())
@@ -413,6 +441,20 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
             p.prune_report(&profile, &r, *dry_run);
             Ok(if r.errors.is_empty() { 0 } else { 3 })
         }
+        Cmd::Ui {
+            name,
+            listen,
+            allow_remote,
+        } => {
+            let addr = crate::ui::listen_addr(listen, *allow_remote)?;
+            let profile = load_profile(&home, name, None)?;
+            crate::ui::serve(&home, p, profile, addr)
+        }
+        Cmd::Watch(a) => {
+            let profile = load_profile(&home, &a.name, None)?;
+            crate::watch::watch(&home, p, &profile, a)
+        }
+        Cmd::Service(s) => crate::service::run(&home, p, s, cli.home.as_deref()),
         Cmd::Serve { .. } => unreachable!("handled before the home is needed"),
     }
 }

@@ -3,6 +3,9 @@
 mod cli;
 mod output;
 mod resolve;
+mod service;
+mod ui;
+mod watch;
 
 fn main() {
     std::process::exit(cli::main());

@@ -709,17 +709,38 @@ pub fn status(home: &Home, p: &Printer, name: Option<&str>) -> Result<i32, Fail>
         } else if r.health == "conflicts" && code == 0 {
             code = 1;
         }
-        reports.push(r);
+        // A running `fedsync watch`: its health (failing pairs make status fail too).
+        let w = crate::watch::running_health(home, n);
+        if w
+            .as_ref()
+            .is_some_and(|w| w.pairs.iter().any(|pp| pp.consecutive_failures > 0))
+        {
+            code = 3;
+        }
+        reports.push((r, w));
     }
     if p.json {
+        let vals: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(r, w)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if let (Some(obj), Some(w)) = (v.as_object_mut(), w) {
+                    obj.insert(
+                        "watch".into(),
+                        serde_json::to_value(w).unwrap_or_default(),
+                    );
+                }
+                v
+            })
+            .collect();
         if name.is_some() {
-            p.json_out(&reports[0]);
+            p.json_out(&vals[0]);
         } else {
-            p.json_out(&reports);
+            p.json_out(&vals);
         }
         return Ok(code);
     }
-    for r in &reports {
+    for (r, w) in &reports {
         outln!("profile {}: {}", r.profile, p.paint("1", &r.health));
         for rep in &r.replicas {
             outln!(
@@ -766,6 +787,41 @@ pub fn status(home: &Home, p: &Printer, name: Option<&str>) -> Result<i32, Fail>
             outln!("  open conflicts ({}):", r.conflicts.len());
             for c in &r.conflicts {
                 outln!("    {}  — {}", c.path, c.reason);
+            }
+        }
+        if let Some(w) = w {
+            outln!(
+                "  watch        running (pid {}, {} events, since {}, full rescan every {})",
+                w.pid,
+                w.watcher,
+                w.started,
+                humantime::format_duration(Duration::from_secs(w.interval_secs))
+            );
+            for pp in &w.pairs {
+                let last = pp.last_success.as_deref().unwrap_or("never");
+                if pp.consecutive_failures > 0 {
+                    outln!(
+                        "  watch {} <-> {}: {} {} failed runs in a row, last success {last}; next retry {}\n               last error: {}",
+                        pp.a,
+                        pp.b,
+                        p.paint("1;31", "FAILING:"),
+                        pp.consecutive_failures,
+                        pp.next_retry.as_deref().unwrap_or("at the next rescan"),
+                        pp.last_error.as_deref().unwrap_or("-")
+                    );
+                } else {
+                    outln!(
+                        "  watch {} <-> {}: {}, last success {last}{}",
+                        pp.a,
+                        pp.b,
+                        pp.state,
+                        if pp.pending > 0 {
+                            format!(", {} changed paths waiting", pp.pending)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
             }
         }
     }

@@ -40,6 +40,9 @@ struct Push {
     err: Option<ReplicaError>,
 }
 
+/// A finished scan, for the cache: entries, hashed paths, start time, cache deltas before.
+type Scanned<'a> = (&'a [(RelPath, Entry)], &'a [RelPath], i64, usize);
+
 struct Agent {
     rep: LocalReplica,
     root: PathBuf,
@@ -187,7 +190,7 @@ impl Agent {
         }
     }
 
-    fn save_cache(&mut self, scanned: Option<(&[(RelPath, Entry)], &[RelPath], i64, usize)>) {
+    fn save_cache(&mut self, scanned: Option<Scanned<'_>>) {
         let rows = std::mem::take(&mut self.cache_rows);
         if rows.is_empty() && scanned.is_none_or(|(_, h, _, _)| h.is_empty()) {
             return;
@@ -860,5 +863,167 @@ impl ReadAtFull for File {
             }
         }
         Ok(got)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drive an agent over pipes (no compression) as a hostile client would.
+    fn session(root: PathBuf, reqs: Vec<(u32, Req)>) -> Vec<Frame<Resp>> {
+        let (cr, aw) = std::io::pipe().unwrap();
+        let (ar, mut cw) = std::io::pipe().unwrap();
+        let agent = std::thread::spawn(move || serve_io(root, ar, aw));
+        let mut input = BufReader::new(cr);
+        read_line(&mut input, 4096).unwrap().unwrap();
+        cw.write_all(format!("{CLIENT_HELLO} {PROTOCOL} test cdc1\n").as_bytes())
+            .unwrap();
+        let ok = read_line(&mut input, 4096).unwrap().unwrap();
+        assert!(ok.starts_with(OK_LINE), "{ok}");
+        let mut w = FrameWriter::new(Box::new(cw), false).unwrap();
+        let n = reqs.iter().filter(|(id, _)| *id != 0).count();
+        for (id, r) in &reqs {
+            w.send(*id, r).unwrap();
+        }
+        w.send(99, &Req::Bye).unwrap();
+        w.flush().unwrap();
+        let mut r = FrameReader::new(input, false).unwrap();
+        let mut out = Vec::new();
+        while let Ok(Some(f)) = r.recv::<Resp>() {
+            out.push(f);
+        }
+        let _ = agent.join();
+        assert!(out.len() > n, "{out:?}");
+        out
+    }
+
+    fn meta(data: &[u8]) -> WEntry {
+        WEntry {
+            kind: 0,
+            size: data.len() as u64,
+            mtime: 1_600_000_000_000_000_000,
+            mode: 0o644,
+            hash: Some(Hash::of(data).0),
+            link: None,
+            stat: None,
+        }
+    }
+
+    #[test]
+    fn hostile_requests_get_errors_and_nothing_is_written_outside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(root.join(".fedsync")).unwrap();
+        std::fs::write(root.join(".fedsync/id"), "abc\n").unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let data = b"evil".to_vec();
+        let mut reqs = Vec::new();
+        for (i, p) in ["../escape", "/etc/evil", "a/../../b", "link/evil", ""]
+            .iter()
+            .enumerate()
+        {
+            let h = i as u32 + 1;
+            reqs.push((
+                0,
+                Req::PushBegin {
+                    handle: h,
+                    path: p.to_string(),
+                    meta: meta(&data),
+                    direct: true,
+                },
+            ));
+            reqs.push((
+                0,
+                Req::PushData {
+                    handle: h,
+                    ops: vec![WOp::Data(data.clone())],
+                },
+            ));
+            reqs.push((10 + h, Req::PushEnd { handle: h }));
+        }
+        // Growing past the announced size, and copying from a basis that does not exist.
+        reqs.push((
+            0,
+            Req::PushBegin {
+                handle: 50,
+                path: "ok.txt".into(),
+                meta: meta(&data),
+                direct: true,
+            },
+        ));
+        reqs.push((
+            0,
+            Req::PushData {
+                handle: 50,
+                ops: vec![
+                    WOp::Copy {
+                        basis: 3,
+                        offset: 0,
+                        len: 4,
+                    },
+                    WOp::Data(vec![0; 1000]),
+                ],
+            },
+        ));
+        reqs.push((60, Req::PushEnd { handle: 50 }));
+        let bad_expect = meta(&data);
+        for (id, r) in [
+            (
+                70,
+                Req::Remove {
+                    path: "../outside".into(),
+                    expect: bad_expect.clone(),
+                    run: "r1".into(),
+                },
+            ),
+            (
+                71,
+                Req::Install {
+                    token: "../../x".into(),
+                    hash: None,
+                    path: "x".into(),
+                    expect: None,
+                    run: "r1".into(),
+                },
+            ),
+            (
+                72,
+                Req::Mkdir {
+                    path: "d".into(),
+                    mode: 0o755,
+                    expect: None,
+                    run: "../../../tmp".into(),
+                },
+            ),
+            (
+                73,
+                Req::Open {
+                    handle: 80,
+                    path: "link/secret".into(),
+                },
+            ),
+        ] {
+            reqs.push((id, r));
+        }
+        std::fs::write(outside.join("secret"), "secret").unwrap();
+        let out = session(root.clone(), reqs);
+        for f in &out {
+            // Staging below a symlinked folder only writes `.fedsync/tmp`; installing it
+            // there is refused (LocalReplica's parent check), so it may succeed.
+            if f.id == 99 || f.id == 14 {
+                continue;
+            }
+            assert!(matches!(f.body, Resp::Err(_)), "{f:?}");
+        }
+        let names: Vec<_> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
+        assert!(!tmp.path().join("escape").exists());
+        assert!(!root.join("ok.txt").exists() && !root.join("d").exists());
     }
 }

@@ -289,7 +289,7 @@ impl WProbe {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WOp {
     Copy { basis: u8, offset: u64, len: u64 },
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Client -> agent. Paths are `/`-separated, relative to the agent's root, and validated
@@ -413,7 +413,7 @@ pub enum Resp {
     },
     Hashes(Vec<Option<[u8; 32]>>),
     Entry(Option<WEntry>),
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     DataEnd,
     Hash([u8; 32]),
     Sigs(Vec<Sig>),
@@ -595,18 +595,29 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn roundtrip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(
+    fn roundtrip<
+        T: Serialize
+            + for<'de> Deserialize<'de>
+            + PartialEq
+            + std::fmt::Debug
+            + Clone
+            + Send
+            + 'static,
+    >(
         v: T,
         zstd: bool,
     ) {
         let (r, w) = std::io::pipe().unwrap();
-        let mut fw = FrameWriter::new(Box::new(w), zstd).unwrap();
-        fw.send(7, &v).unwrap();
-        fw.flush().unwrap();
-        drop(fw);
+        let v2 = v.clone();
+        let t = std::thread::spawn(move || {
+            let mut fw = FrameWriter::new(Box::new(w), zstd).unwrap();
+            fw.send(7, &v2).unwrap();
+            fw.flush().unwrap();
+        });
         let mut fr = FrameReader::new(std::io::BufReader::new(r), zstd).unwrap();
         let f: Frame<T> = fr.recv().unwrap().unwrap();
         assert_eq!((f.id, f.body), (7, v));
+        t.join().unwrap();
     }
 
     #[test]

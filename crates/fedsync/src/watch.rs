@@ -1,0 +1,1799 @@
+//! `fedsync watch`: continuous sync. File-system events on every local replica (debounced,
+//! coalesced) trigger runs limited to the changed subtrees; a full rescan every `interval`
+//! is the safety net; each pair has its own schedule, failures back off with jitter and are
+//! loud (desktop notification, the profile's `on_failure` hook); the state of the watcher
+//! is written to a small health file that `fedsync status` shows.
+//!
+//! No sync logic lives here: every run is `engine::sync` with `Options.paths`.
+//!
+//! Tuning (environment, mostly for tests and benchmarks):
+//! - `FEDSYNC_WATCH_DEBOUNCE_MS` (500): quiet time after the last event before a run starts;
+//!   a burst that never goes quiet runs at the latest every 10 × that
+//!   (`FEDSYNC_WATCH_MAX_DELAY_MS`).
+//! - `FEDSYNC_WATCH_EVENTS` (`auto`): `poll` forces the polling watcher, `off` disables
+//!   file events (only the interval rescan remains).
+//! - `FEDSYNC_WATCH_POLL_MS` (10000): period of the polling watcher.
+//! - `FEDSYNC_WATCH_BACKOFF_MIN_MS` / `_MAX_MS` (1000 / 300000): retry backoff bounds.
+//! - `FEDSYNC_NOTIFY_AFTER` (1): consecutive failures of a pair before the alerts fire.
+
+use crate::cli::Fail;
+use crate::output::{human_bytes, Printer};
+use clap::Args;
+use fedsync_core::config::{DeleteLimit, Profile, ReplicaAddr};
+use fedsync_core::engine::{
+    self, EngineError, NoProgress, Options, Outcome, PairReport, PairStatus, RunReport,
+};
+use fedsync_core::entry::{Entry, Kind};
+use fedsync_core::path::RelPath;
+use fedsync_core::rules::Rules;
+use fedsync_core::Home;
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// `println!` that ignores a closed stdout.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// The profile to keep in sync
+    pub name: String,
+    /// Full rescan period, the safety net for missed events (e.g. `30s`, `5m`, `1h`)
+    /// [default: the profile's `interval`, else 5m]
+    #[arg(long, value_name = "D")]
+    pub interval: Option<String>,
+}
+
+/// Default full-rescan period.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+/// More changed subtrees than this in one run are collapsed to their parents.
+const MAX_RUN_PATHS: usize = 64;
+/// Above this many pending paths the "did it really change?" check is skipped.
+const MAX_CHECKED_PATHS: usize = 50_000;
+/// Deletions made by the watcher's runs in this window count together against `max_delete`
+/// (a mass deletion must not pass the guard by arriving in several small runs).
+const DELETE_WINDOW: Duration = Duration::from_secs(600);
+/// How long the main loop sleeps at most before looking at the stop flag again.
+const TICK: Duration = Duration::from_millis(200);
+
+fn usage(msg: impl Into<String>) -> Fail {
+    Fail {
+        code: 2,
+        msg: msg.into(),
+    }
+}
+
+fn env_ms(name: &str, default: u64) -> Duration {
+    Duration::from_millis(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(default),
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EventsMode {
+    Auto,
+    Poll,
+    Off,
+}
+
+struct Tuning {
+    debounce: Duration,
+    max_hold: Duration,
+    events: EventsMode,
+    poll: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    notify_after: u32,
+}
+
+impl Tuning {
+    fn from_env() -> Tuning {
+        let debounce = env_ms("FEDSYNC_WATCH_DEBOUNCE_MS", 500);
+        let max_hold = env_ms(
+            "FEDSYNC_WATCH_MAX_DELAY_MS",
+            (debounce.as_millis() as u64 * 10).max(1000),
+        );
+        let events = match std::env::var("FEDSYNC_WATCH_EVENTS").as_deref() {
+            Ok("off") | Ok("none") => EventsMode::Off,
+            Ok("poll") | Ok("polling") => EventsMode::Poll,
+            _ => EventsMode::Auto,
+        };
+        let backoff_min = env_ms("FEDSYNC_WATCH_BACKOFF_MIN_MS", 1000).max(Duration::from_millis(10));
+        let backoff_max = env_ms("FEDSYNC_WATCH_BACKOFF_MAX_MS", 300_000).max(backoff_min);
+        Tuning {
+            debounce,
+            max_hold,
+            events,
+            poll: env_ms("FEDSYNC_WATCH_POLL_MS", 10_000).max(Duration::from_millis(50)),
+            backoff_min,
+            backoff_max,
+            notify_after: std::env::var("FEDSYNC_NOTIFY_AFTER")
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(1)
+                .max(1),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Health file
+// ---------------------------------------------------------------------------------------
+
+/// What `fedsync status` shows about a running watcher (`state/NAME.watch.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub pid: u32,
+    pub started: String,
+    pub updated: String,
+    /// `native`, `polling`, `off` (no file events: interval rescans only) or `stopped`.
+    pub watcher: String,
+    pub interval_secs: u64,
+    /// Runs started by this watcher.
+    pub runs: u64,
+    pub replicas: Vec<ReplicaHealth>,
+    pub pairs: Vec<PairHealth>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaHealth {
+    pub name: String,
+    /// `native`, `polling`, `off`, `remote` (no events: rescans only) or `unavailable`.
+    pub watcher: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairHealth {
+    pub a: String,
+    pub b: String,
+    /// `starting`, `ok`, `incomplete` (conflicts or skipped items), `skipped` (optional
+    /// replica absent), `failing`.
+    pub state: String,
+    pub last_run: Option<String>,
+    pub last_run_id: Option<String>,
+    pub last_success: Option<String>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub next_retry: Option<String>,
+    /// Changed paths waiting for the next run.
+    pub pending: usize,
+}
+
+pub fn health_path(home: &Home, name: &str) -> PathBuf {
+    home.state_dir().join(format!("{name}.watch.json"))
+}
+
+fn watch_lock_path(home: &Home, name: &str) -> PathBuf {
+    home.state_dir().join(format!("{name}.watch.lock"))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    match rustix::process::test_kill_process(p) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
+}
+
+/// The health of a watcher of `name` that is running now (file present, process alive,
+/// not stopped); `None` otherwise.
+pub fn running_health(home: &Home, name: &str) -> Option<Health> {
+    let text = std::fs::read_to_string(health_path(home, name)).ok()?;
+    let h: Health = serde_json::from_str(&text).ok()?;
+    (h.watcher != "stopped" && pid_alive(h.pid)).then_some(h)
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn rfc3339_in(d: Duration) -> String {
+    let t = chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default();
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn local_time() -> String {
+    chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+// ---------------------------------------------------------------------------------------
+// Loud failures
+// ---------------------------------------------------------------------------------------
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            let f = d.join(cmd);
+            std::fs::metadata(&f).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// A desktop notification where a notification service can be reached; `Err` says why not.
+fn desktop_notify(title: &str, body: &str) -> Result<(), String> {
+    if cfg!(target_os = "macos") && on_path("osascript") {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let script = format!(
+            "display notification \"{}\" with title \"{}\"",
+            esc(body),
+            esc(title)
+        );
+        return std::process::Command::new("osascript")
+            .args(["-e", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(|_| ())
+            .map_err(|e| format!("osascript: {e}"));
+    }
+    if !on_path("notify-send") {
+        return Err("notify-send is not installed".into());
+    }
+    let session = ["DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if !session {
+        return Err("no desktop session (DISPLAY, WAYLAND_DISPLAY, DBUS_SESSION_BUS_ADDRESS unset)".into());
+    }
+    let mut child = std::process::Command::new("notify-send")
+        .args(["--app-name=fedsync", "--urgency=critical", title, body])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("notify-send: {e}"))?;
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(())
+}
+
+/// Run the profile's `on_failure` hook through `sh -c` with `FEDSYNC_PROFILE`, `FEDSYNC_PAIR`,
+/// `FEDSYNC_ERROR` and `FEDSYNC_RUN` set. Its output goes to stderr (stdout may be JSON).
+/// With `wait`, waits for it (at most a minute); otherwise it is reaped in the background.
+pub fn run_hook(profile: &Profile, pair: &str, error: &str, run: &str, failures: u32, wait: bool) {
+    let Some(cmd) = profile.on_failure.as_deref() else {
+        return;
+    };
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(cmd)
+        .env("FEDSYNC_PROFILE", &profile.name)
+        .env("FEDSYNC_PAIR", pair)
+        .env("FEDSYNC_ERROR", error)
+        .env("FEDSYNC_RUN", run)
+        .env("FEDSYNC_FAILURES", failures.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(std::io::stderr()));
+    let mut child = match c.spawn() {
+        Ok(ch) => ch,
+        Err(e) => {
+            eprintln!("fedsync: on_failure hook {cmd:?} could not be started: {e}");
+            return;
+        }
+    };
+    let mut reap = move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    if !st.success() {
+                        eprintln!("fedsync: on_failure hook exited with {st}");
+                    }
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    eprintln!("fedsync: on_failure hook still running after 60 s; not waiting for it");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    if wait {
+        reap();
+    } else {
+        std::thread::spawn(reap);
+    }
+}
+
+/// After a failed plain `fedsync sync NAME` (exit 3): the `on_failure` hook, once per failed
+/// pair (or once for the whole run when it failed before any pair).
+pub fn sync_failed(profile: &Profile, report: Option<&RunReport>, error: Option<&str>) {
+    if profile.on_failure.is_none() {
+        return;
+    }
+    match report {
+        Some(r) => {
+            let mut any = false;
+            for p in &r.pairs {
+                if matches!(p.status, PairStatus::Refused | PairStatus::Failed) {
+                    any = true;
+                    let msg = p.message.clone().unwrap_or_else(|| pair_failure_text(p));
+                    run_hook(profile, &format!("{} <-> {}", p.a, p.b), &msg, &r.run, 1, true);
+                }
+            }
+            if !any {
+                let msg = error.map(str::to_string).unwrap_or_else(|| {
+                    if r.atomic_undo.is_some() {
+                        "--atomic: an item failed and the run was undone".into()
+                    } else {
+                        "the run failed".into()
+                    }
+                });
+                run_hook(profile, "", &msg, &r.run, 1, true);
+            }
+        }
+        None => run_hook(profile, "", error.unwrap_or("the run failed"), "", 1, true),
+    }
+}
+
+fn pair_failure_text(p: &PairReport) -> String {
+    if let Some(m) = &p.message {
+        return m.clone();
+    }
+    let failed: Vec<String> = p
+        .items
+        .iter()
+        .filter_map(|it| match &it.outcome {
+            Outcome::Failed(r) => Some(format!("{}: {r}", it.path)),
+            _ => None,
+        })
+        .take(3)
+        .collect();
+    if failed.is_empty() {
+        format!("{} items failed", p.counts.failed)
+    } else {
+        format!("{} items failed ({})", p.counts.failed, failed.join("; "))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The watcher
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RepWatch {
+    Native,
+    Polling,
+    Off,
+    Remote,
+    Unavailable,
+}
+
+impl RepWatch {
+    fn name(self) -> &'static str {
+        match self {
+            RepWatch::Native => "native",
+            RepWatch::Polling => "polling",
+            RepWatch::Off => "off",
+            RepWatch::Remote => "remote",
+            RepWatch::Unavailable => "unavailable",
+        }
+    }
+}
+
+struct Rep {
+    name: String,
+    /// Canonical local root (`None` for a remote replica).
+    root: Option<PathBuf>,
+    watcher: Option<Box<dyn Watcher>>,
+    mode: RepWatch,
+    /// Top-level folders with a recursive watch, by inode (the root itself has a flat one,
+    /// so that `.fedsync/` and ignored top-level folders are never watched).
+    top: HashMap<PathBuf, u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    Initial,
+    Events,
+    Rescan,
+    Retry,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Initial => "initial",
+            Trigger::Events => "events",
+            Trigger::Rescan => "rescan",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
+struct Pair {
+    /// Index of the spoke in the profile (the hub is 0).
+    k: usize,
+    a: String,
+    b: String,
+    /// Changed paths (bit 1: seen on the hub side, bit 2: on the spoke side).
+    pending: BTreeMap<RelPath, u8>,
+    /// The next run must be a full one (events were lost, a root vanished...).
+    full: bool,
+    first_at: Option<Instant>,
+    last_at: Option<Instant>,
+    next_full: Instant,
+    first_done: bool,
+    /// Backoff: when to try again, and whether that try is a full run.
+    retry_at: Option<Instant>,
+    /// Failed or skipped attempts in a row (drives the backoff).
+    attempts: u32,
+    /// Lock held by another run: retry soon, not a failure.
+    busy: bool,
+    consecutive_failures: u32,
+    alerted: bool,
+    state: &'static str,
+    last_run: Option<String>,
+    last_run_id: Option<String>,
+    last_success: Option<String>,
+    last_error: Option<String>,
+    next_retry: Option<String>,
+    /// Deletions by this watcher's runs (time, on a, on b) and the synced-file count before
+    /// the first of them.
+    deletions: VecDeque<(Instant, u64, u64)>,
+    ref_files: u64,
+}
+
+impl Pair {
+    fn add(&mut self, path: RelPath, side: u8, now: Instant) {
+        *self.pending.entry(path).or_insert(0) |= side;
+        self.first_at.get_or_insert(now);
+        self.last_at = Some(now);
+    }
+    fn request_full(&mut self, now: Instant) {
+        self.full = true;
+        self.first_at.get_or_insert(now);
+        self.last_at = Some(now);
+    }
+    fn has_pending(&self) -> bool {
+        self.full || !self.pending.is_empty()
+    }
+
+    /// Whether a run is due now, and of which kind.
+    fn due(&self, now: Instant, t: &Tuning) -> Option<Trigger> {
+        if let Some(r) = self.retry_at {
+            if now >= r {
+                return Some(if !self.first_done {
+                    Trigger::Initial
+                } else if self.busy {
+                    Trigger::Events
+                } else {
+                    Trigger::Retry
+                });
+            }
+            return (self.first_done && now >= self.next_full).then_some(Trigger::Rescan);
+        }
+        if !self.first_done {
+            return Some(Trigger::Initial);
+        }
+        if now >= self.next_full {
+            return Some(Trigger::Rescan);
+        }
+        if self.has_pending() {
+            let quiet = self.last_at.is_some_and(|l| now >= l + t.debounce);
+            let held = self.first_at.is_some_and(|f| now >= f + t.max_hold);
+            if quiet || held {
+                return Some(Trigger::Events);
+            }
+        }
+        None
+    }
+
+    fn next_deadline(&self, t: &Tuning) -> Instant {
+        let mut d = self.next_full;
+        if let Some(r) = self.retry_at {
+            return if self.first_done { d.min(r) } else { r };
+        }
+        if self.has_pending() {
+            if let Some(l) = self.last_at {
+                d = d.min(l + t.debounce);
+            }
+            if let Some(f) = self.first_at {
+                d = d.min(f + t.max_hold);
+            }
+        }
+        d
+    }
+
+    fn health(&self) -> PairHealth {
+        PairHealth {
+            a: self.a.clone(),
+            b: self.b.clone(),
+            state: self.state.into(),
+            last_run: self.last_run.clone(),
+            last_run_id: self.last_run_id.clone(),
+            last_success: self.last_success.clone(),
+            consecutive_failures: self.consecutive_failures,
+            last_error: self.last_error.clone(),
+            next_retry: self.next_retry.clone(),
+            pending: self.pending.len(),
+        }
+    }
+}
+
+type Msg = (usize, notify::Result<Event>);
+
+struct Watch<'a> {
+    home: &'a Home,
+    profile: &'a Profile,
+    p: &'a Printer,
+    rules: Rules,
+    tun: Tuning,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+    tx: mpsc::Sender<Msg>,
+    reps: Vec<Rep>,
+    pairs: Vec<Pair>,
+    started: String,
+    runs: u64,
+    stopped: bool,
+    /// When the health file was last written, with how many pending paths.
+    health_written: Instant,
+    health_pending: usize,
+    /// Said once: why desktop notifications are not shown.
+    said_no_desktop: bool,
+}
+
+/// `fedsync watch NAME`.
+pub fn watch(home: &Home, p: &Printer, profile: &Profile, args: &WatchArgs) -> Result<i32, Fail> {
+    let interval = match &args.interval {
+        Some(s) => humantime::parse_duration(s)
+            .map_err(|e| usage(format!("--interval {s:?}: {e} (give e.g. 30s, 5m, 1h)")))?,
+        None => profile.interval.unwrap_or(DEFAULT_INTERVAL),
+    };
+    if interval < Duration::from_millis(100) {
+        return Err(usage(format!(
+            "--interval {}: too short; give at least 1s",
+            humantime::format_duration(interval)
+        )));
+    }
+    if profile.replicas.len() < 2 {
+        return Err(usage(format!(
+            "profile {} has fewer than two replicas; nothing to watch",
+            profile.name
+        )));
+    }
+    let rules = Rules::compile(profile).map_err(|e| usage(e.to_string()))?;
+    let dir = home.state_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| Fail {
+        code: 3,
+        msg: format!("cannot create {}: {e}", dir.display()),
+    })?;
+    // One watcher per profile.
+    let lock_path = watch_lock_path(home, &profile.name);
+    let lock = std::fs::File::create(&lock_path).map_err(|e| Fail {
+        code: 3,
+        msg: format!("cannot open {}: {e}", lock_path.display()),
+    })?;
+    if let Err(e) = lock.try_lock() {
+        let who = std::fs::read_to_string(health_path(home, &profile.name))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Health>(&t).ok())
+            .map(|h| format!(" (pid {})", h.pid))
+            .unwrap_or_default();
+        return Err(Fail {
+            code: 3,
+            msg: match e {
+                std::fs::TryLockError::WouldBlock => format!(
+                    "profile {} is already watched by another `fedsync watch`{who}; stop that one first",
+                    profile.name
+                ),
+                std::fs::TryLockError::Error(e) => {
+                    format!("cannot lock {}: {e}", lock_path.display())
+                }
+            },
+        });
+    }
+
+    let stop = crate::cli::stop_on_signals();
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let now = Instant::now();
+    let reps = profile
+        .replicas
+        .iter()
+        .map(|s| Rep {
+            name: s.name.clone(),
+            root: match &s.addr {
+                ReplicaAddr::Local(p) => Some(engine::canonical_root(p)),
+                _ => None,
+            },
+            watcher: None,
+            mode: RepWatch::Remote,
+            top: HashMap::new(),
+        })
+        .collect();
+    let pairs = (1..profile.replicas.len())
+        .map(|k| Pair {
+            k,
+            a: profile.replicas[0].name.clone(),
+            b: profile.replicas[k].name.clone(),
+            pending: BTreeMap::new(),
+            full: false,
+            first_at: None,
+            last_at: None,
+            next_full: now,
+            first_done: false,
+            retry_at: None,
+            attempts: 0,
+            busy: false,
+            consecutive_failures: 0,
+            alerted: false,
+            state: "starting",
+            last_run: None,
+            last_run_id: None,
+            last_success: None,
+            last_error: None,
+            next_retry: None,
+            deletions: VecDeque::new(),
+            ref_files: 0,
+        })
+        .collect();
+    let mut w = Watch {
+        home,
+        profile,
+        p,
+        rules,
+        tun: Tuning::from_env(),
+        interval,
+        stop,
+        tx,
+        reps,
+        pairs,
+        started: now_rfc3339(),
+        runs: 0,
+        stopped: false,
+        health_written: now,
+        health_pending: 0,
+        said_no_desktop: false,
+    };
+    for i in 0..w.reps.len() {
+        w.start_watching(i);
+    }
+    w.write_health();
+    if !p.quiet && !p.json {
+        let reps: Vec<String> = w
+            .reps
+            .iter()
+            .map(|r| format!("{} ({})", r.name, r.mode.name()))
+            .collect();
+        outln!(
+            "{} watching {}: {}; full rescan every {}; stop with Ctrl-C",
+            local_time(),
+            profile.name,
+            reps.join(", "),
+            humantime::format_duration(interval)
+        );
+    }
+    w.run(&rx);
+    w.stopped = true;
+    for r in &mut w.reps {
+        r.watcher = None;
+    }
+    w.write_health();
+    if !p.quiet && !p.json {
+        outln!("{} stopped watching {}", local_time(), profile.name);
+    }
+    drop(lock);
+    Ok(0)
+}
+
+impl Watch<'_> {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn log(&self, msg: &str) {
+        if !self.p.quiet {
+            eprintln!("fedsync watch: {msg}");
+        }
+    }
+
+    // ----- watchers -----
+
+    /// (Re)create the file-event watcher of replica `i`: native, else polling.
+    fn start_watching(&mut self, i: usize) {
+        let Some(root) = self.reps[i].root.clone() else {
+            self.reps[i].mode = RepWatch::Remote;
+            return;
+        };
+        self.reps[i].watcher = None;
+        self.reps[i].top.clear();
+        if self.tun.events == EventsMode::Off {
+            self.reps[i].mode = RepWatch::Off;
+            return;
+        }
+        if !root.is_dir() {
+            self.reps[i].mode = RepWatch::Unavailable;
+            return;
+        }
+        if self.tun.events == EventsMode::Auto {
+            let tx = self.tx.clone();
+            let made = notify::RecommendedWatcher::new(
+                move |ev| {
+                    let _ = tx.send((i, ev));
+                },
+                notify::Config::default().with_follow_symlinks(false),
+            );
+            match made {
+                Ok(w) => {
+                    let mut w: Box<dyn Watcher> = Box::new(w);
+                    match self.watch_tree(&mut *w, &root) {
+                        Ok(top) => {
+                            self.reps[i].watcher = Some(w);
+                            self.reps[i].top = top;
+                            self.reps[i].mode = RepWatch::Native;
+                            return;
+                        }
+                        Err(e) => self.log(&format!(
+                            "replica {}: native file events unavailable ({e}); polling every {} instead",
+                            self.reps[i].name,
+                            humantime::format_duration(self.tun.poll)
+                        )),
+                    }
+                }
+                Err(e) => self.log(&format!(
+                    "replica {}: native file events unavailable ({e}); polling every {} instead",
+                    self.reps[i].name,
+                    humantime::format_duration(self.tun.poll)
+                )),
+            }
+        }
+        let tx = self.tx.clone();
+        let made = notify::PollWatcher::new(
+            move |ev| {
+                let _ = tx.send((i, ev));
+            },
+            notify::Config::default()
+                .with_poll_interval(self.tun.poll)
+                .with_follow_symlinks(false),
+        );
+        match made {
+            Ok(w) => {
+                let mut w: Box<dyn Watcher> = Box::new(w);
+                match self.watch_tree(&mut *w, &root) {
+                    Ok(top) => {
+                        self.reps[i].watcher = Some(w);
+                        self.reps[i].top = top;
+                        self.reps[i].mode = RepWatch::Polling;
+                    }
+                    Err(e) => {
+                        self.log(&format!(
+                            "replica {}: cannot watch {} ({e}); only the interval rescan syncs it",
+                            self.reps[i].name,
+                            root.display()
+                        ));
+                        self.reps[i].mode = RepWatch::Off;
+                    }
+                }
+            }
+            Err(e) => {
+                self.log(&format!(
+                    "replica {}: no polling watcher ({e}); only the interval rescan syncs it",
+                    self.reps[i].name
+                ));
+                self.reps[i].mode = RepWatch::Off;
+            }
+        }
+    }
+
+    /// A flat watch on the root and a recursive one on each top-level folder that may hold
+    /// synced paths (never `.fedsync/`).
+    fn watch_tree(
+        &self,
+        w: &mut dyn Watcher,
+        root: &Path,
+    ) -> notify::Result<HashMap<PathBuf, u64>> {
+        w.watch(root, RecursiveMode::NonRecursive)?;
+        let mut top = HashMap::new();
+        let rd = std::fs::read_dir(root).map_err(notify::Error::io)?;
+        for de in rd.flatten() {
+            let path = de.path();
+            if let Some(ino) = self.top_dir_wanted(root, &path) {
+                match w.watch(&path, RecursiveMode::Recursive) {
+                    Ok(()) => {
+                        top.insert(path, ino);
+                    }
+                    Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(top)
+    }
+
+    /// The inode of `path` when it is a top-level folder that may hold synced paths.
+    fn top_dir_wanted(&self, root: &Path, path: &Path) -> Option<u64> {
+        let md = std::fs::symlink_metadata(path).ok()?;
+        if !md.is_dir() {
+            return None;
+        }
+        let name = path.strip_prefix(root).ok()?.to_str()?;
+        if name == ".fedsync" {
+            return None;
+        }
+        let rel = RelPath::new(name).ok()?;
+        self.rules.should_descend(&rel).then_some(md.ino())
+    }
+
+    /// A top-level entry appeared, vanished, was renamed or replaced: keep the recursive
+    /// watches in step (notify does this by itself below the top level).
+    fn refresh_top(&mut self, i: usize, path: &Path) {
+        let Some(root) = self.reps[i].root.clone() else {
+            return;
+        };
+        let wanted = self.top_dir_wanted(&root, path);
+        let rep = &mut self.reps[i];
+        let Some(w) = rep.watcher.as_mut() else {
+            return;
+        };
+        let watched = rep.top.get(path).copied();
+        if watched.is_some() && watched == wanted {
+            return;
+        }
+        if watched.is_some() {
+            // Gone or replaced: notify keeps watches by path, so drop the old one.
+            let _ = w.unwatch(path);
+            rep.top.remove(path);
+        }
+        if let Some(ino) = wanted {
+            match w.watch(path, RecursiveMode::Recursive) {
+                Ok(()) => {
+                    rep.top.insert(path.to_path_buf(), ino);
+                }
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    let name = rep.name.clone();
+                    self.log(&format!(
+                        "replica {name}: too many folders for native events; switching to polling"
+                    ));
+                    self.tun_force_poll(i);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn tun_force_poll(&mut self, i: usize) {
+        let saved = self.tun.events;
+        self.tun.events = EventsMode::Poll;
+        self.start_watching(i);
+        self.tun.events = saved;
+        for k in self.pairs_of(i) {
+            let now = Instant::now();
+            self.pairs[k].request_full(now);
+        }
+    }
+
+    /// Indices (into `pairs`) of the pairs replica `i` belongs to.
+    fn pairs_of(&self, i: usize) -> Vec<usize> {
+        if i == 0 {
+            (0..self.pairs.len()).collect()
+        } else {
+            vec![i - 1]
+        }
+    }
+
+    // ----- events -----
+
+    fn on_event(&mut self, i: usize, ev: notify::Result<Event>) {
+        let now = Instant::now();
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+                    && self.reps[i].mode == RepWatch::Native
+                {
+                    self.log(&format!(
+                        "replica {}: too many folders for native events; switching to polling",
+                        self.reps[i].name
+                    ));
+                    self.tun_force_poll(i);
+                } else if self.p.verbose > 0 {
+                    self.log(&format!("replica {}: file events: {e}", self.reps[i].name));
+                }
+                return;
+            }
+        };
+        if ev.need_rescan() {
+            for k in self.pairs_of(i) {
+                self.pairs[k].request_full(now);
+            }
+            return;
+        }
+        match ev.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+            EventKind::Access(_) => return,
+            // The combined rename event repeats the From and To events.
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => return,
+            _ => {}
+        }
+        let Some(root) = self.reps[i].root.clone() else {
+            return;
+        };
+        let folder_hint = matches!(
+            ev.kind,
+            EventKind::Create(notify::event::CreateKind::Folder)
+                | EventKind::Remove(notify::event::RemoveKind::Folder)
+        );
+        for path in &ev.paths {
+            let Ok(rel) = path.strip_prefix(&root) else {
+                continue;
+            };
+            let Some(s) = rel.to_str() else {
+                continue; // not UTF-8: never synced
+            };
+            if s.is_empty() {
+                if !root.is_dir() {
+                    // The root itself was moved or deleted: a run finds out and backs off;
+                    // the watch is made again when the replica is back.
+                    self.reps[i].watcher = None;
+                    self.reps[i].top.clear();
+                    self.reps[i].mode = RepWatch::Unavailable;
+                    for k in self.pairs_of(i) {
+                        self.pairs[k].request_full(now);
+                    }
+                }
+                continue;
+            }
+            if s == ".fedsync" || s.starts_with(".fedsync/") {
+                continue;
+            }
+            let Ok(rp) = RelPath::new(s) else {
+                continue;
+            };
+            if rp.depth() == 1 {
+                self.refresh_top(i, path);
+            }
+            if self.excluded(&rp, path, folder_hint) {
+                continue;
+            }
+            // A SQLite journal is part of its database's state: sync them together.
+            let extra = ["-wal", "-shm", "-journal"]
+                .iter()
+                .find_map(|suf| s.strip_suffix(suf))
+                .and_then(|db| RelPath::new(db).ok());
+            for k in self.pairs_of(i) {
+                let side = if i == 0 { 1 } else { 2 };
+                if let Some(db) = &extra {
+                    self.pairs[k].add(db.clone(), side, now);
+                }
+                self.pairs[k].add(rp.clone(), side, now);
+            }
+        }
+    }
+
+    fn excluded(&self, rel: &RelPath, abs: &Path, folder_hint: bool) -> bool {
+        if self.rules.is_excluded(rel, folder_hint) {
+            return true;
+        }
+        // Folder-only patterns (`build/`): look at what the path is now.
+        !folder_hint
+            && self.rules.is_excluded(rel, true)
+            && std::fs::symlink_metadata(abs).is_ok_and(|m| m.is_dir())
+    }
+
+    // ----- the loop -----
+
+    fn run(&mut self, rx: &mpsc::Receiver<Msg>) {
+        loop {
+            if self.stopping() {
+                return;
+            }
+            let now = Instant::now();
+            let due: Vec<(usize, Trigger)> = self
+                .pairs
+                .iter()
+                .enumerate()
+                .filter_map(|(n, pr)| pr.due(now, &self.tun).map(|t| (n, t)))
+                .collect();
+            if due.is_empty() {
+                let next = self
+                    .pairs
+                    .iter()
+                    .map(|pr| pr.next_deadline(&self.tun))
+                    .min()
+                    .unwrap_or(now + TICK);
+                let wait = next.saturating_duration_since(now).min(TICK);
+                // The pending counts in the health file follow the events, at most twice a
+                // second.
+                let pending: usize = self.pairs.iter().map(|p| p.pending.len()).sum();
+                if pending != self.health_pending
+                    && self.health_written.elapsed() >= Duration::from_millis(500)
+                {
+                    self.write_health();
+                }
+                match rx.recv_timeout(wait) {
+                    Ok((i, ev)) => {
+                        self.on_event(i, ev);
+                        self.drain(rx);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        std::thread::sleep(wait);
+                    }
+                }
+                continue;
+            }
+            for (n, trig) in due {
+                if self.stopping() {
+                    return;
+                }
+                // Events that arrived meanwhile belong to this run too.
+                self.drain(rx);
+                self.run_pair(n, trig);
+            }
+            self.drain(rx);
+        }
+    }
+
+    fn drain(&mut self, rx: &mpsc::Receiver<Msg>) {
+        // Bounded, so that a flood of events cannot keep the loop from running.
+        for n in 0..1_000_000 {
+            if n % 1024 == 1023 && self.stopping() {
+                return;
+            }
+            match rx.try_recv() {
+                Ok((i, ev)) => self.on_event(i, ev),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The profile this pair's runs use: the profile itself for two replicas, else the hub
+    /// and this spoke (same name, so the same state, lock, base and audit trail).
+    fn pair_profile(&self, k: usize) -> Profile {
+        let mut prof = self.profile.clone();
+        if prof.replicas.len() > 2 {
+            prof.replicas = vec![prof.replicas[0].clone(), prof.replicas[k].clone()];
+        }
+        prof
+    }
+
+    /// Pending paths whose current state on the side(s) that reported them equals the base
+    /// (our own writes, a temporary file created and removed, a change already synced by
+    /// an earlier run) need no run.
+    fn still_changed(&self, n: usize, pending: &BTreeMap<RelPath, u8>) -> BTreeSet<RelPath> {
+        let all = || pending.keys().cloned().collect::<BTreeSet<_>>();
+        if pending.len() > MAX_CHECKED_PATHS {
+            return all();
+        }
+        let k = self.pairs[n].k;
+        let Ok(store) = engine::open_store(self.home, &self.profile.name) else {
+            return all();
+        };
+        let id = |name: &str| store.replica_id(name).ok().flatten().map(|(id, _)| id);
+        let (Some(ida), Some(idb)) = (
+            id(&self.profile.replicas[0].name),
+            id(&self.profile.replicas[k].name),
+        ) else {
+            return all();
+        };
+        let Ok(Some(pair)) = store.find_pair_id(&engine::pair_key(&ida, &idb)) else {
+            return all();
+        };
+        let roots = [self.reps[0].root.as_deref(), self.reps[k].root.as_deref()];
+        let Ok(base) = store.load_base(pair) else {
+            return all();
+        };
+        drop(store);
+        pending
+            .iter()
+            .filter(|(path, sides)| {
+                let base = base
+                    .binary_search_by(|(p, _)| p.cmp(path))
+                    .ok()
+                    .map(|i| &base[i].1);
+                let unchanged = [1u8, 2].iter().enumerate().all(|(s, bit)| {
+                    if *sides & bit == 0 {
+                        return true;
+                    }
+                    match roots[s] {
+                        Some(root) => same_as_base(&path.to_fs(root), base),
+                        None => false,
+                    }
+                });
+                !unchanged
+            })
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// The `max_delete` for this pair's next run: the profile's limit, less what this
+    /// watcher's runs deleted in the last minutes.
+    fn delete_limit(&mut self, n: usize) -> Option<DeleteLimit> {
+        let now = Instant::now();
+        let pr = &mut self.pairs[n];
+        while pr
+            .deletions
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > DELETE_WINDOW)
+        {
+            pr.deletions.pop_front();
+        }
+        if pr.deletions.is_empty() {
+            return None;
+        }
+        let total = match self.profile.max_delete {
+            DeleteLimit::Percent(p) => (pr.ref_files as f64 * p / 100.0).floor() as u64,
+            DeleteLimit::Count(c) => c,
+        };
+        let used_a: u64 = pr.deletions.iter().map(|d| d.1).sum();
+        let used_b: u64 = pr.deletions.iter().map(|d| d.2).sum();
+        Some(DeleteLimit::Count(total.saturating_sub(used_a.max(used_b))))
+    }
+
+    fn synced_files(&self, k: usize) -> u64 {
+        let Ok(store) = engine::open_store(self.home, &self.profile.name) else {
+            return 0;
+        };
+        let id = |name: &str| store.replica_id(name).ok().flatten().map(|(id, _)| id);
+        let (Some(ida), Some(idb)) = (
+            id(&self.profile.replicas[0].name),
+            id(&self.profile.replicas[k].name),
+        ) else {
+            return 0;
+        };
+        let Ok(Some(pair)) = store.find_pair_id(&engine::pair_key(&ida, &idb)) else {
+            return 0;
+        };
+        store
+            .load_base(pair)
+            .map(|b| b.iter().filter(|(_, e)| !e.is_dir()).count() as u64)
+            .unwrap_or(0)
+    }
+
+    fn run_pair(&mut self, n: usize, trig: Trigger) {
+        let now = Instant::now();
+        let k = self.pairs[n].k;
+        let full = self.pairs[n].full || trig != Trigger::Events;
+        let pending = std::mem::take(&mut self.pairs[n].pending);
+        let (first_at, last_at) = (self.pairs[n].first_at, self.pairs[n].last_at);
+        {
+            let pr = &mut self.pairs[n];
+            pr.full = false;
+            pr.first_at = None;
+            pr.last_at = None;
+            if pr.busy {
+                pr.busy = false;
+                pr.retry_at = None;
+            }
+        }
+        let paths: Vec<RelPath> = if full {
+            Vec::new()
+        } else {
+            let changed = self.still_changed(n, &pending);
+            if changed.is_empty() {
+                if self.p.verbose > 1 {
+                    self.log(&format!(
+                        "{} <-> {}: {} events, nothing changed (own writes or already synced)",
+                        self.pairs[n].a,
+                        self.pairs[n].b,
+                        pending.len()
+                    ));
+                }
+                return;
+            }
+            match collapse(&changed, MAX_RUN_PATHS) {
+                Some(p) => p,
+                None => Vec::new(),
+            }
+        };
+        let full = full || paths.is_empty();
+        let mut prof = self.pair_profile(k);
+        if let Some(limit) = self.delete_limit(n) {
+            prof.max_delete = limit;
+        }
+        let opts = Options {
+            paths: paths.clone(),
+            wait: false,
+            label: Some("watch".into()),
+            cancel: Some(self.stop.clone()),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let res = engine::sync(self.home, &prof, &opts, &NoProgress);
+        if full {
+            self.pairs[n].next_full = Instant::now() + self.interval;
+        }
+        self.pairs[n].first_done = true;
+        let elapsed = started.elapsed();
+        match res {
+            Err(EngineError::Locked { .. }) => {
+                // Another fedsync run (a manual sync, `resolve`...) holds the lock: try
+                // again shortly with the same work. Not a failure.
+                let pr = &mut self.pairs[n];
+                for (p, s) in pending {
+                    *pr.pending.entry(p).or_insert(0) |= s;
+                }
+                pr.full |= full;
+                pr.first_at = first_at.or(Some(now));
+                pr.last_at = last_at.or(Some(now));
+                if trig == Trigger::Initial {
+                    pr.first_done = false;
+                }
+                pr.busy = true;
+                pr.retry_at = Some(Instant::now() + jitter(Duration::from_secs(1)));
+                let msg = format!(
+                    "{} <-> {}: another fedsync run holds the lock; trying again shortly",
+                    pr.a, pr.b
+                );
+                if self.p.verbose > 0 {
+                    self.log(&msg);
+                }
+                self.write_health();
+            }
+            Err(e) => {
+                self.runs += 1;
+                let msg = e.to_string();
+                self.failed(n, trig, &paths, &msg, "", elapsed);
+            }
+            Ok(report) => {
+                self.runs += 1;
+                for w in &report.warnings {
+                    if !self.p.quiet {
+                        self.p.warn(w);
+                    }
+                }
+                let Some(pair) = report.pairs.first() else {
+                    // Stopped before the pair started.
+                    self.write_health();
+                    return;
+                };
+                match pair.status {
+                    PairStatus::Refused | PairStatus::Failed => {
+                        let msg = pair_failure_text(pair);
+                        self.failed(n, trig, &paths, &msg, &report.run, elapsed);
+                    }
+                    PairStatus::Skipped => {
+                        let msg = pair
+                            .message
+                            .clone()
+                            .or_else(|| report.warnings.first().cloned())
+                            .unwrap_or_else(|| "optional replica not present".into());
+                        self.skipped(n, trig, &msg, &report.run, elapsed);
+                    }
+                    PairStatus::Ok | PairStatus::Incomplete => {
+                        self.succeeded(n, trig, &paths, pair, &report.run, elapsed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn backoff(&mut self, n: usize) -> Duration {
+        let pr = &mut self.pairs[n];
+        pr.attempts = pr.attempts.saturating_add(1);
+        let exp = pr.attempts.saturating_sub(1).min(30);
+        let base = self
+            .tun
+            .backoff_min
+            .saturating_mul(1u32 << exp.min(20))
+            .min(self.tun.backoff_max);
+        let d = jitter(base).max(self.tun.backoff_min.min(base));
+        pr.retry_at = Some(Instant::now() + d);
+        pr.next_retry = Some(rfc3339_in(d));
+        d
+    }
+
+    /// After a failed or skipped run: a local root that is gone is not watched any more
+    /// (a stale watch on an unmounted drive); it is watched again when a run succeeds.
+    fn forget_vanished_roots(&mut self, n: usize) {
+        let k = self.pairs[n].k;
+        for i in [0, k] {
+            let gone = self.reps[i].root.as_ref().is_some_and(|r| !r.is_dir());
+            if gone && !matches!(self.reps[i].mode, RepWatch::Off | RepWatch::Remote) {
+                self.reps[i].watcher = None;
+                self.reps[i].top.clear();
+                self.reps[i].mode = RepWatch::Unavailable;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn failed(
+        &mut self,
+        n: usize,
+        trig: Trigger,
+        paths: &[RelPath],
+        msg: &str,
+        run: &str,
+        elapsed: Duration,
+    ) {
+        self.forget_vanished_roots(n);
+        let d = self.backoff(n);
+        let now_s = now_rfc3339();
+        let (pair_name, failures, alert) = {
+            let pr = &mut self.pairs[n];
+            pr.full = true;
+            pr.pending.clear();
+            pr.consecutive_failures += 1;
+            pr.state = "failing";
+            pr.last_run = Some(now_s);
+            pr.last_run_id = (!run.is_empty()).then(|| run.to_string());
+            pr.last_error = Some(msg.to_string());
+            let alert = !pr.alerted && pr.consecutive_failures >= self.tun.notify_after;
+            if alert {
+                pr.alerted = true;
+            }
+            (
+                format!("{} <-> {}", pr.a, pr.b),
+                pr.consecutive_failures,
+                alert,
+            )
+        };
+        self.print_run(n, trig, paths, None, run, Some(msg), Some(d), elapsed);
+        if alert {
+            self.alert(&pair_name, msg, run, failures);
+        }
+        self.write_health();
+    }
+
+    fn skipped(&mut self, n: usize, trig: Trigger, msg: &str, run: &str, elapsed: Duration) {
+        self.forget_vanished_roots(n);
+        let d = self.backoff(n);
+        let now_s = now_rfc3339();
+        {
+            let pr = &mut self.pairs[n];
+            pr.full = true;
+            pr.pending.clear();
+            pr.state = "skipped";
+            pr.last_run = Some(now_s);
+            pr.last_run_id = Some(run.to_string());
+            pr.last_error = Some(msg.to_string());
+        }
+        if self.p.verbose > 0 || trig != Trigger::Retry {
+            self.print_run(
+                n,
+                trig,
+                &[],
+                None,
+                run,
+                Some(&format!("skipped: {msg}")),
+                Some(d),
+                elapsed,
+            );
+        }
+        self.write_health();
+    }
+
+    fn succeeded(
+        &mut self,
+        n: usize,
+        trig: Trigger,
+        paths: &[RelPath],
+        pair: &PairReport,
+        run: &str,
+        elapsed: Duration,
+    ) {
+        let k = self.pairs[n].k;
+        let now_s = now_rfc3339();
+        let recovered = self.pairs[n].consecutive_failures > 0;
+        {
+            let pr = &mut self.pairs[n];
+            pr.attempts = 0;
+            pr.retry_at = None;
+            pr.next_retry = None;
+            pr.consecutive_failures = 0;
+            pr.alerted = false;
+            pr.state = if pair.status == PairStatus::Ok {
+                "ok"
+            } else {
+                "incomplete"
+            };
+            pr.last_run = Some(now_s.clone());
+            pr.last_run_id = Some(run.to_string());
+            pr.last_success = Some(now_s);
+            pr.last_error = None;
+        }
+        // Deletions count against max_delete over a window (see delete_limit).
+        let (da, db) = (pair.counts.deleted_a, pair.counts.deleted_b);
+        if da + db > 0 {
+            if self.pairs[n].deletions.is_empty() {
+                let files = self.synced_files(k);
+                self.pairs[n].ref_files = files + da + db;
+            }
+            self.pairs[n].deletions.push_back((Instant::now(), da, db));
+        }
+        // Star topology: what this spoke brought to the hub goes to the other spokes.
+        if self.pairs.len() > 1 {
+            let hub = &self.profile.replicas[0].name;
+            let now = Instant::now();
+            let to_hub: Vec<RelPath> = pair
+                .items
+                .iter()
+                .filter(|it| it.target.as_deref() == Some(hub.as_str()))
+                .filter(|it| it.outcome == Outcome::Done)
+                .filter_map(|it| RelPath::new(&it.path).ok())
+                .collect();
+            if !to_hub.is_empty() {
+                for (m, other) in self.pairs.iter_mut().enumerate() {
+                    if m != n {
+                        for p in &to_hub {
+                            other.add(p.clone(), 1, now);
+                        }
+                    }
+                }
+            }
+        }
+        // A replica that was away is back: watch it again.
+        for i in [0, k] {
+            if self.reps[i].root.is_some()
+                && matches!(self.reps[i].mode, RepWatch::Unavailable)
+                && self.tun.events != EventsMode::Off
+            {
+                self.start_watching(i);
+                if !self.p.quiet && !self.p.json {
+                    outln!(
+                        "{} replica {} is back; watching it again ({})",
+                        local_time(),
+                        self.reps[i].name,
+                        self.reps[i].mode.name()
+                    );
+                }
+            }
+        }
+        let quiet_rescan = trig == Trigger::Rescan
+            && changes(pair) == 0
+            && pair.counts.conflicts == 0
+            && !recovered;
+        if !quiet_rescan || self.p.verbose > 0 {
+            self.print_run(n, trig, paths, Some(pair), run, None, None, elapsed);
+        }
+        self.write_health();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn print_run(
+        &self,
+        n: usize,
+        trig: Trigger,
+        paths: &[RelPath],
+        pair: Option<&PairReport>,
+        run: &str,
+        error: Option<&str>,
+        retry: Option<Duration>,
+        elapsed: Duration,
+    ) {
+        let pr = &self.pairs[n];
+        if self.p.json {
+            let v = serde_json::json!({
+                "time": now_rfc3339(),
+                "profile": self.profile.name,
+                "pair": format!("{} <-> {}", pr.a, pr.b),
+                "trigger": trig.name(),
+                "paths": if paths.is_empty() { serde_json::json!("all") } else { serde_json::json!(paths) },
+                "run": if run.is_empty() { None } else { Some(run) },
+                "status": pair.map(|p| p.status),
+                "counts": pair.map(|p| &p.counts),
+                "error": error,
+                "consecutive_failures": pr.consecutive_failures,
+                "next_retry_secs": retry.map(|d| d.as_secs_f64()),
+                "elapsed_ms": elapsed.as_millis() as u64,
+            });
+            outln!("{v}");
+            return;
+        }
+        if let Some(e) = error {
+            // Errors are shown even with -q.
+            let retry = retry
+                .map(|d| format!("; retry in {}", short_duration(d)))
+                .unwrap_or_default();
+            let count = if pr.consecutive_failures > 1 {
+                format!(" ({} in a row)", pr.consecutive_failures)
+            } else {
+                String::new()
+            };
+            let line = format!(
+                "{} {} <-> {} [{}] {}{count}{retry}",
+                local_time(),
+                pr.a,
+                pr.b,
+                trig.name(),
+                e
+            );
+            if e.starts_with("skipped:") {
+                if !self.p.quiet {
+                    outln!("{line}");
+                }
+            } else {
+                self.p.error(&line);
+            }
+            return;
+        }
+        if self.p.quiet {
+            return;
+        }
+        let Some(pair) = pair else { return };
+        let what = summary(pair);
+        let scope = if paths.is_empty() {
+            "all".to_string()
+        } else if paths.len() <= 3 {
+            paths
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            format!(
+                "{}, {} and {} more",
+                paths[0].as_str(),
+                paths[1].as_str(),
+                paths.len() - 2
+            )
+        };
+        outln!(
+            "{} {} <-> {} [{} {}] {} ({:.2} s, run {})",
+            local_time(),
+            pr.a,
+            pr.b,
+            trig.name(),
+            scope,
+            what,
+            elapsed.as_secs_f64(),
+            run
+        );
+    }
+
+    fn alert(&mut self, pair: &str, error: &str, run: &str, failures: u32) {
+        let title = format!("fedsync: {} is not syncing", self.profile.name);
+        let body = format!("{pair}: {error}");
+        if let Err(why) = desktop_notify(&title, &body) {
+            if !self.said_no_desktop {
+                self.said_no_desktop = true;
+                eprintln!("fedsync watch: no desktop notification ({why}); failures are reported here");
+            }
+        }
+        run_hook(self.profile, pair, error, run, failures, false);
+    }
+
+    fn watcher_state(&self) -> &'static str {
+        if self.stopped {
+            return "stopped";
+        }
+        let modes: Vec<RepWatch> = self.reps.iter().map(|r| r.mode).collect();
+        if modes.contains(&RepWatch::Polling) {
+            "polling"
+        } else if modes.contains(&RepWatch::Native) {
+            "native"
+        } else {
+            "off"
+        }
+    }
+
+    fn write_health(&mut self) {
+        self.health_written = Instant::now();
+        self.health_pending = self.pairs.iter().map(|p| p.pending.len()).sum();
+        let h = Health {
+            pid: std::process::id(),
+            started: self.started.clone(),
+            updated: now_rfc3339(),
+            watcher: self.watcher_state().into(),
+            interval_secs: self.interval.as_secs(),
+            runs: self.runs,
+            replicas: self
+                .reps
+                .iter()
+                .map(|r| ReplicaHealth {
+                    name: r.name.clone(),
+                    watcher: if self.stopped {
+                        "stopped".into()
+                    } else {
+                        r.mode.name().into()
+                    },
+                })
+                .collect(),
+            pairs: self.pairs.iter().map(Pair::health).collect(),
+        };
+        let path = health_path(self.home, &self.profile.name);
+        if let Ok(text) = serde_json::to_vec_pretty(&h) {
+            if let Err(e) = write_atomic(&path, &text) {
+                self.log(&format!("cannot write {}: {e}", path.display()));
+            }
+        }
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1] ("equal jitter").
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = 0.5 + rand::random::<f64>() * 0.5;
+    d.mul_f64(f)
+}
+
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else if d.as_millis() >= 10_000 {
+        format!("{s}s")
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+fn changes(p: &PairReport) -> u64 {
+    let c = &p.counts;
+    c.to_a + c.to_b + c.deleted_a + c.deleted_b + c.moved + c.merged
+}
+
+/// "2 -> b (1.2 KB), 1 deleted on a, 1 conflict" or "nothing to do".
+fn summary(p: &PairReport) -> String {
+    let c = &p.counts;
+    let mut parts = Vec::new();
+    if c.to_b > 0 {
+        parts.push(format!("{} -> {} ({})", c.to_b, p.b, human_bytes(c.bytes_to_b)));
+    }
+    if c.to_a > 0 {
+        parts.push(format!("{} -> {} ({})", c.to_a, p.a, human_bytes(c.bytes_to_a)));
+    }
+    if c.deleted_b > 0 {
+        parts.push(format!("{} deleted on {}", c.deleted_b, p.b));
+    }
+    if c.deleted_a > 0 {
+        parts.push(format!("{} deleted on {}", c.deleted_a, p.a));
+    }
+    if c.moved > 0 {
+        parts.push(format!("{} moved", c.moved));
+    }
+    if c.merged > 0 {
+        parts.push(format!("{} merged", c.merged));
+    }
+    if c.conflicts > 0 {
+        parts.push(format!(
+            "{} conflict{} (fedsync resolve)",
+            c.conflicts,
+            if c.conflicts == 1 { "" } else { "s" }
+        ));
+    }
+    if c.skipped > 0 {
+        parts.push(format!("{} skipped", c.skipped));
+    }
+    if c.failed > 0 {
+        parts.push(format!("{} failed", c.failed));
+    }
+    if parts.is_empty() {
+        "in sync, nothing to do".into()
+    } else {
+        let mut s = parts.join(", ");
+        let shown: Vec<&str> = p
+            .items
+            .iter()
+            .filter(|it| it.outcome == Outcome::Done)
+            .map(|it| it.path.as_str())
+            .take(3)
+            .collect();
+        if !shown.is_empty() {
+            s.push_str(&format!(": {}", shown.join(", ")));
+            let done = p.items.iter().filter(|it| it.outcome == Outcome::Done).count();
+            if done > shown.len() {
+                s.push_str(&format!(" +{}", done - shown.len()));
+            }
+        }
+        s
+    }
+}
+
+/// Whether `abs` (on a replica) is what the base recorded: no change on this side.
+fn same_as_base(abs: &Path, base: Option<&Entry>) -> bool {
+    match (std::fs::symlink_metadata(abs), base) {
+        (Err(e), None) => e.kind() == std::io::ErrorKind::NotFound,
+        (Err(_), Some(_)) | (Ok(_), None) => false,
+        (Ok(md), Some(b)) => {
+            let ft = md.file_type();
+            if ft.is_dir() {
+                b.kind == Kind::Dir
+            } else if ft.is_file() {
+                b.kind == Kind::File
+                    && b.size == md.len()
+                    && b.mtime == md.mtime() * 1_000_000_000 + md.mtime_nsec()
+                    && (b.mode & 0o111) == (md.mode() & 0o111)
+            } else if ft.is_symlink() {
+                b.kind == Kind::Symlink
+                    && std::fs::read_link(abs)
+                        .ok()
+                        .and_then(|l| l.to_str().map(str::to_string))
+                        == b.link
+            } else {
+                false
+            }
+        }
+    }
+}
+
+/// The changed paths as at most `cap` subtrees: nested paths dropped, then the deepest
+/// ones replaced by their parents until few enough remain. `None`: the whole tree.
+pub fn collapse(paths: &BTreeSet<RelPath>, cap: usize) -> Option<Vec<RelPath>> {
+    fn minimal(set: BTreeSet<RelPath>) -> Vec<RelPath> {
+        let all: HashSet<&str> = set.iter().map(|p| p.as_str()).collect();
+        set.iter()
+            .filter(|p| !p.ancestors().any(|a| all.contains(a)))
+            .cloned()
+            .collect()
+    }
+    if paths.iter().any(|p| p.is_root()) {
+        return None;
+    }
+    let mut cur = minimal(paths.clone());
+    while cur.len() > cap {
+        let deepest = cur.iter().map(|p| p.depth()).max().unwrap_or(0);
+        if deepest <= 1 {
+            return None;
+        }
+        let mut next = BTreeSet::new();
+        for p in cur {
+            if p.depth() == deepest {
+                match p.parent() {
+                    Some(q) if !q.is_root() => {
+                        next.insert(q);
+                    }
+                    _ => return None,
+                }
+            } else {
+                next.insert(p);
+            }
+        }
+        cur = minimal(next);
+    }
+    Some(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &[&str]) -> BTreeSet<RelPath> {
+        v.iter().map(|s| RelPath::new(s).unwrap()).collect()
+    }
+    fn strs(v: Option<Vec<RelPath>>) -> Option<Vec<String>> {
+        v.map(|v| v.into_iter().map(|p| p.as_str().to_string()).collect())
+    }
+
+    #[test]
+    fn collapse_drops_nested_and_caps() {
+        assert_eq!(
+            strs(collapse(&set(&["a", "a/b", "a-b", "c/d/e"]), 10)),
+            Some(vec!["a".into(), "a-b".into(), "c/d/e".into()])
+        );
+        let many: Vec<String> = (0..100).map(|i| format!("x/y/f{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(strs(collapse(&set(&refs), 10)), Some(vec!["x/y".into()]));
+        let tops: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+        let refs: Vec<&str> = tops.iter().map(String::as_str).collect();
+        assert_eq!(strs(collapse(&set(&refs), 10)), None);
+        assert_eq!(strs(collapse(&set(&[""]), 10)), None);
+    }
+
+    #[test]
+    fn backoff_jitter_stays_in_bounds() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(8));
+            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(8));
+        }
+    }
+}
