@@ -54,7 +54,7 @@ impl Ready {
         let mut reps = Vec::new();
         let mut unavailable = Vec::new();
         for spec in &profile.replicas {
-            match engine::open_replica(spec) {
+            match engine::open_replica_in(profile, spec) {
                 Ok(r) => match engine::check_replica(store, spec, r.as_ref(), false, true)? {
                     Avail::Ready(_) => reps.push((spec.name.clone(), r)),
                     Avail::Skip(m) | Avail::Unavailable(m) => unavailable.push(m),

@@ -1,7 +1,7 @@
 //! Read-only views: `status` and `why`. Nothing here writes to a replica or the state.
 
 use crate::config::Profile;
-use crate::engine::{self, open_replica, Avail, EngineError, NoProgress, Options};
+use crate::engine::{self, Avail, EngineError, NoProgress, Options};
 use crate::entry::Entry;
 use crate::path::RelPath;
 use crate::reconcile::{self, Change, Decision, PairCtx};
@@ -46,7 +46,7 @@ pub fn status(home: &Home, profile: &Profile) -> Result<StatusReport, EngineErro
     let store = engine::open_store(home, &profile.name)?;
     let mut replicas = Vec::new();
     for spec in &profile.replicas {
-        let (state, message) = match open_replica(spec) {
+        let (state, message) = match engine::open_replica_in(profile, spec) {
             Err(m) => ("unavailable", Some(m)),
             Ok(r) => match engine::check_replica(&store, spec, r.as_ref(), false, true)? {
                 Avail::Ready(_) => ("ok", None),
@@ -135,7 +135,7 @@ pub fn why(home: &Home, profile: &Profile, path: &str) -> Result<Vec<WhyPair>, E
     let rules = crate::rules::Rules::compile(profile)?;
     let store = engine::open_store(home, &profile.name)?;
     let mut out = Vec::new();
-    let reps: Vec<_> = profile.replicas.iter().map(open_replica).collect();
+    let reps: Vec<_> = profile.replicas.iter().map(|s| engine::open_replica_in(profile, s)).collect();
     let mut avail = Vec::new();
     for (spec, r) in profile.replicas.iter().zip(&reps) {
         avail.push(match r {

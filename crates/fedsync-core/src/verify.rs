@@ -78,7 +78,7 @@ pub fn verify(home: &Home, profile: &Profile) -> Result<VerifyReport, EngineErro
     let mut report = VerifyReport::default();
     let mut scans: Vec<Option<(String, BTreeMap<RelPath, Entry>)>> = Vec::new();
     for spec in &profile.replicas {
-        let rep = match engine::open_replica(spec) {
+        let rep = match engine::open_replica_in(profile, spec) {
             Ok(r) => r,
             Err(m) => {
                 report.warnings.push(m);

@@ -1207,7 +1207,8 @@ impl Watch<'_> {
         };
         let full = full || paths.is_empty();
         let mut prof = self.pair_profile(k);
-        if let Some(limit) = self.delete_limit(n) {
+        let windowed = self.delete_limit(n);
+        if let Some(limit) = windowed {
             prof.max_delete = limit;
         }
         let opts = Options {
@@ -1268,7 +1269,14 @@ impl Watch<'_> {
                 };
                 match pair.status {
                     PairStatus::Refused | PairStatus::Failed => {
-                        let msg = pair_failure_text(pair);
+                        let mut msg = pair_failure_text(pair);
+                        if windowed.is_some() && msg.starts_with("refused: this run would delete") {
+                            msg.push_str(&format!(
+                                " (under watch, the deletions of the last {} minutes count together \
+                                 against max_delete, so that a mass deletion cannot pass in small runs)",
+                                DELETE_WINDOW.as_secs() / 60
+                            ));
+                        }
                         self.failed(n, trig, &paths, &msg, &report.run, elapsed);
                     }
                     PairStatus::Skipped => {
@@ -1359,6 +1367,7 @@ impl Watch<'_> {
         self.forget_vanished_roots(n);
         let d = self.backoff(n);
         let now_s = now_rfc3339();
+        let was_skipped = self.pairs[n].state == "skipped";
         {
             let pr = &mut self.pairs[n];
             pr.full = true;
@@ -1368,7 +1377,7 @@ impl Watch<'_> {
             pr.last_run_id = Some(run.to_string());
             pr.last_error = Some(msg.to_string());
         }
-        if self.p.verbose > 0 || trig != Trigger::Retry {
+        if self.p.verbose > 0 || !was_skipped {
             self.print_run(
                 n,
                 trig,

@@ -537,3 +537,36 @@ fn a_failed_plain_sync_runs_the_on_failure_hook() {
     fx.run(&["plan", "w"]);
     assert!(!hook_log.exists());
 }
+
+#[test]
+fn deletions_in_several_small_runs_count_together_against_max_delete() {
+    let fx = Fx::new();
+    fx.profile_ab("w", "max_delete = 5", "");
+    for i in 0..10 {
+        fx.write(&fx.a, &format!("f{i}.txt"), format!("{i}"));
+    }
+    let mut w = watch(&fx, "w", &["--interval", "1h"], &[]);
+    w.wait_started();
+    // Four deletions: within the limit, propagated.
+    for i in 0..4 {
+        std::fs::remove_file(fx.a.join(format!("f{i}.txt"))).unwrap();
+    }
+    w.wait_for("the first deletions on B", |_| (0..4).all(|i| !exists(&fx.b, &format!("f{i}.txt"))));
+    w.wait_quiet(Duration::from_millis(1000));
+    // Three more a moment later: 7 in all is more than max_delete = 5, so refused.
+    for i in 4..7 {
+        std::fs::remove_file(fx.a.join(format!("f{i}.txt"))).unwrap();
+    }
+    w.wait_for("the refusal", |w| {
+        w.health()["pairs"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("count together"))
+    });
+    for i in 4..7 {
+        assert!(exists(&fx.b, &format!("f{i}.txt")), "f{i}.txt was deleted on b");
+    }
+    // A deliberate sync --force passes the guard as usual.
+    fx.run(&["sync", "w", "--force", "--wait"]).ok();
+    assert!(!exists(&fx.b, "f5.txt"));
+    assert_eq!(w.terminate(), 0);
+}
