@@ -228,6 +228,7 @@ for t in "${TOOLS[@]}"; do
 done
 
 # ------------------------------------------------------------------ rounds
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 appended=()
 for round in $(seq "$REPEAT"); do
     before=$(stat -c %s "$SRC")
@@ -247,6 +248,7 @@ for round in $(seq "$REPEAT"); do
 done
 
 # ------------------------------------------------------------------ report
+LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
 STAMP=$(date +%Y%m%d-%H%M%S)
 "$PY" - "$RUN/meta.json" <<EOF
 import json, os, statistics, subprocess, sys, hashlib, platform
@@ -263,6 +265,7 @@ meta = {
     "rsync_version": subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split()[2],
     "machine": "%s, %d cpus, %s" % (platform.platform(), os.cpu_count(),
         open("/proc/meminfo").readline().split(":")[1].strip()),
+    "cpus": os.cpu_count(), "load_start": $LOAD_START, "load_end": $LOAD_END,
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=2)
 EOF

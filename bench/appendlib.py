@@ -225,6 +225,11 @@ def cmd_report(a):
     p("fedsync %s (%s), rsync %s; page cache: source and every target read before each round, "
       "`sync` before every timed command" % (meta["fedsync_version"], meta["fedsync_sha"],
                                              meta["rsync_version"]))
+    p("machine: %s; 1-min load average %.1f before the rounds, %.1f after" % (
+        meta["machine"], meta["load_start"], meta["load_end"]))
+    if max(meta["load_start"], meta["load_end"]) > meta["cpus"]:
+        p("NOTE: the load average exceeded the %d cpus: something else was busy; the spread "
+          "(min/max) shows how much, rerun on an idle machine before quoting" % meta["cpus"])
     p("")
     p("%-5s %-32s %8s %8s %8s %10s %9s %9s %3s" % (
         "case", "tool", "median s", "min s", "max s", "writtenMiB", "wire MiB", "reportMiB", "n"))
