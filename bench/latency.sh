@@ -14,6 +14,8 @@
 #
 # Knobs (environment): N (samples per scenario, 20), FEDSYNC (target/release/fedsync),
 # BENCH_DIR (/tmp/fedsync-bench-latency), SCENARIOS ("local ssh"), KEEP (0),
+# SSH_MUX (0; 1: the script opens one ssh master connection (ControlMaster) that every
+# run of the watcher reuses, i.e. without the per-run connection setup),
 # FEDSYNC_WATCH_DEBOUNCE_MS (the watcher's own default when unset).
 # Needs: python3; for ssh: sshd + ssh + ssh-keygen (openssh-server openssh-client).
 set -euo pipefail
@@ -106,7 +108,7 @@ stop_watch() {
 
 export FEDSYNC_HOME="$RUN/home"
 mkdir -p "$FEDSYNC_HOME/profiles"
-say "latency: fedsync $("$FEDSYNC" --version), $N samples per scenario, debounce ${FEDSYNC_WATCH_DEBOUNCE_MS:-default}"
+say "latency: fedsync $("$FEDSYNC" --version), $N samples per scenario, debounce ${FEDSYNC_WATCH_DEBOUNCE_MS:-default}, ssh master connection ${SSH_MUX:-0}"
 
 for sc in $SCENARIOS; do
     case $sc in
@@ -150,8 +152,16 @@ EOF
         done
         mkdir -p "$RUN/ssh/a" "$RUN/ssh/b"
         echo seed >"$RUN/ssh/a/seed.txt"
+        SSH_BASE="-i $D/user_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -p $PORT"
+        MUX=""
+        if [ "${SSH_MUX:-0}" = 1 ]; then
+            # One master connection started here; fedsync's ssh commands only use it.
+            # shellcheck disable=SC2086
+            ssh -M -N -f -o ControlPath="$D/mux" $SSH_BASE "$USER_NAME@127.0.0.1"
+            MUX="-o ControlMaster=no -o ControlPath=$D/mux "
+        fi
         cat >"$FEDSYNC_HOME/profiles/lat-ssh.toml" <<EOF
-ssh = "ssh -i $D/user_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -p $PORT"
+ssh = "ssh $MUX$SSH_BASE"
 remote_cmd = "$FEDSYNC"
 [replicas]
 a = "$RUN/ssh/a"
@@ -160,6 +170,7 @@ EOF
         start_watch lat-ssh
         measure ssh "$RUN/ssh/a" "$RUN/ssh/b" "ab"
         stop_watch
+        [ -S "$D/mux" ] && ssh -O exit -o ControlPath="$D/mux" "$USER_NAME@127.0.0.1" 2>/dev/null || true
         kill "$SSHD_PID" 2>/dev/null || true
         SSHD_PID=""
         ;;

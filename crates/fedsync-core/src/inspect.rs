@@ -135,7 +135,11 @@ pub fn why(home: &Home, profile: &Profile, path: &str) -> Result<Vec<WhyPair>, E
     let rules = crate::rules::Rules::compile(profile)?;
     let store = engine::open_store(home, &profile.name)?;
     let mut out = Vec::new();
-    let reps: Vec<_> = profile.replicas.iter().map(|s| engine::open_replica_in(profile, s)).collect();
+    let reps: Vec<_> = profile
+        .replicas
+        .iter()
+        .map(|s| engine::open_replica_in(profile, s))
+        .collect();
     let mut avail = Vec::new();
     for (spec, r) in profile.replicas.iter().zip(&reps) {
         avail.push(match r {

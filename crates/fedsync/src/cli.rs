@@ -353,7 +353,11 @@ fn run(cli: &Cli, p: &Printer) -> Result<i32, Fail> {
             let report = match engine::sync(&home, &profile, &opts, &progress) {
                 Ok(r) => r,
                 Err(e) => {
-                    if !opts.dry_run && e.exit_code() == 3 {
+                    // A lock held by another run is not a failure to sync: no hook.
+                    if !opts.dry_run
+                        && e.exit_code() == 3
+                        && !matches!(e, EngineError::Locked { .. })
+                    {
                         crate::watch::sync_failed(&profile, None, Some(&e.to_string()));
                     }
                     return Err(e.into());

@@ -711,8 +711,7 @@ pub fn status(home: &Home, p: &Printer, name: Option<&str>) -> Result<i32, Fail>
         }
         // A running `fedsync watch`: its health (failing pairs make status fail too).
         let w = crate::watch::running_health(home, n);
-        if w
-            .as_ref()
+        if w.as_ref()
             .is_some_and(|w| w.pairs.iter().any(|pp| pp.consecutive_failures > 0))
         {
             code = 3;
@@ -725,10 +724,7 @@ pub fn status(home: &Home, p: &Printer, name: Option<&str>) -> Result<i32, Fail>
             .map(|(r, w)| {
                 let mut v = serde_json::to_value(r).unwrap_or_default();
                 if let (Some(obj), Some(w)) = (v.as_object_mut(), w) {
-                    obj.insert(
-                        "watch".into(),
-                        serde_json::to_value(w).unwrap_or_default(),
-                    );
+                    obj.insert("watch".into(), serde_json::to_value(w).unwrap_or_default());
                 }
                 v
             })

@@ -383,7 +383,12 @@ fn profile_known(home: &Home, name: &str) -> Result<(), Fail> {
 
 /// `fedsync service ...`. `home_arg` is the `--home`/`FEDSYNC_HOME` given, if any: the
 /// service gets it too.
-pub fn run(home: &Home, p: &Printer, cmd: &ServiceCmd, home_arg: Option<&Path>) -> Result<i32, Fail> {
+pub fn run(
+    home: &Home,
+    p: &Printer,
+    cmd: &ServiceCmd,
+    home_arg: Option<&Path>,
+) -> Result<i32, Fail> {
     match cmd {
         ServiceCmd::Install(a) => install(home, p, a, home_arg),
         ServiceCmd::Uninstall { name, print } => uninstall(p, name, *print),
@@ -391,7 +396,12 @@ pub fn run(home: &Home, p: &Printer, cmd: &ServiceCmd, home_arg: Option<&Path>) 
     }
 }
 
-fn install(home: &Home, p: &Printer, a: &InstallArgs, home_arg: Option<&Path>) -> Result<i32, Fail> {
+fn install(
+    home: &Home,
+    p: &Printer,
+    a: &InstallArgs,
+    home_arg: Option<&Path>,
+) -> Result<i32, Fail> {
     profile_known(home, &a.name)?;
     let form = match &a.interval {
         Some(s) => {
@@ -444,7 +454,10 @@ fn install(home: &Home, p: &Printer, a: &InstallArgs, home_arg: Option<&Path>) -
         let plist_s = plist.path.display().to_string();
         let r = run_cmd("launchctl", &["bootstrap", &domain, &plist_s]);
         let ok = matches!(r, Ok((0, _, _)))
-            || matches!(run_cmd("launchctl", &["load", "-w", &plist_s]), Ok((0, _, _)));
+            || matches!(
+                run_cmd("launchctl", &["load", "-w", &plist_s]),
+                Ok((0, _, _))
+            );
         if !ok {
             let why = match r {
                 Ok((_, o, e)) => format!("{o} {e}"),
@@ -452,17 +465,26 @@ fn install(home: &Home, p: &Printer, a: &InstallArgs, home_arg: Option<&Path>) -
             };
             return Err(fail(
                 3,
-                format!("wrote {plist_s} but launchctl could not load it: {}", why.trim()),
+                format!(
+                    "wrote {plist_s} but launchctl could not load it: {}",
+                    why.trim()
+                ),
             ));
         }
         if !p.quiet {
             outln!("installed {plist_s} and loaded it ({target})");
-            outln!("logs: ~/Library/Logs/fedsync/; check with `fedsync service status {}`", a.name);
+            outln!(
+                "logs: ~/Library/Logs/fedsync/; check with `fedsync service status {}`",
+                a.name
+            );
         }
         return Ok(0);
     }
     if let Err(why) = systemd_user_available() {
-        return Err(fail(3, format!("nothing installed: {}", unavailable_msg(&why))));
+        return Err(fail(
+            3,
+            format!("nothing installed: {}", unavailable_msg(&why)),
+        ));
     }
     // Switching forms: the other form's units go first.
     let timer = format!("{unit}.timer");
@@ -523,7 +545,8 @@ fn write_file(path: &Path, content: &str) -> Result<(), Fail> {
         std::fs::create_dir_all(d)
             .map_err(|e| fail(3, format!("cannot create {}: {e}", d.display())))?;
     }
-    std::fs::write(path, content).map_err(|e| fail(3, format!("cannot write {}: {e}", path.display())))
+    std::fs::write(path, content)
+        .map_err(|e| fail(3, format!("cannot write {}: {e}", path.display())))
 }
 
 fn installed_files(name: &str) -> Result<Vec<PathBuf>, Fail> {
@@ -601,7 +624,10 @@ struct ServiceStatus {
 fn status(p: &Printer, name: &str) -> Result<i32, Fail> {
     let files = installed_files(name)?;
     let unit = unit_name(name);
-    let form = if files.iter().any(|f| f.extension().is_some_and(|e| e == "timer")) {
+    let form = if files
+        .iter()
+        .any(|f| f.extension().is_some_and(|e| e == "timer"))
+    {
         Some("interval")
     } else if files.is_empty() {
         None
@@ -611,7 +637,8 @@ fn status(p: &Printer, name: &str) -> Result<i32, Fail> {
     let mut st = if cfg!(target_os = "macos") {
         let label = launchd_label(name);
         let target = format!("gui/{}/{label}", rustix::process::getuid().as_raw());
-        let (available, enabled, active, message) = match run_cmd("launchctl", &["print", &target]) {
+        let (available, enabled, active, message) = match run_cmd("launchctl", &["print", &target])
+        {
             Ok((0, out, _)) => {
                 let running = out.lines().any(|l| l.trim() == "state = running");
                 (
@@ -629,7 +656,10 @@ fn status(p: &Printer, name: &str) -> Result<i32, Fail> {
             manager: "launchd",
             unit: label,
             installed: !files.is_empty(),
-            form: files.iter().find(|f| f.extension().is_some_and(|e| e == "plist")).map(|_| "agent"),
+            form: files
+                .iter()
+                .find(|f| f.extension().is_some_and(|e| e == "plist"))
+                .map(|_| "agent"),
             files,
             available,
             enabled,
@@ -673,8 +703,14 @@ fn status(p: &Printer, name: &str) -> Result<i32, Fail> {
         ));
     }
     let good = st.installed
-        && (st.active.as_deref().is_some_and(|a| a == "active" || a == "running")
-            || st.enabled.as_deref().is_some_and(|e| e == "enabled" || e == "loaded"));
+        && (st
+            .active
+            .as_deref()
+            .is_some_and(|a| a == "active" || a == "running")
+            || st
+                .enabled
+                .as_deref()
+                .is_some_and(|e| e == "enabled" || e == "loaded"));
     if p.json {
         outln!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
     } else {
@@ -695,7 +731,10 @@ fn status(p: &Printer, name: &str) -> Result<i32, Fail> {
             outln!("  file       {}", f.display());
         }
         if st.available {
-            outln!("  enabled    {}", st.enabled.as_deref().unwrap_or("unknown"));
+            outln!(
+                "  enabled    {}",
+                st.enabled.as_deref().unwrap_or("unknown")
+            );
             outln!("  running    {}", st.active.as_deref().unwrap_or("unknown"));
             outln!("  logs       {}", st.logs);
         }

@@ -30,6 +30,7 @@ use fedsync_core::Home;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
@@ -112,7 +113,8 @@ impl Tuning {
             Ok("poll") | Ok("polling") => EventsMode::Poll,
             _ => EventsMode::Auto,
         };
-        let backoff_min = env_ms("FEDSYNC_WATCH_BACKOFF_MIN_MS", 1000).max(Duration::from_millis(10));
+        let backoff_min =
+            env_ms("FEDSYNC_WATCH_BACKOFF_MIN_MS", 1000).max(Duration::from_millis(10));
         let backoff_max = env_ms("FEDSYNC_WATCH_BACKOFF_MAX_MS", 300_000).max(backoff_min);
         Tuning {
             debounce,
@@ -185,10 +187,14 @@ fn pid_alive(pid: u32) -> bool {
     let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
         return false;
     };
-    match rustix::process::test_kill_process(p) {
+    let alive = match rustix::process::test_kill_process(p) {
         Ok(()) => true,
         Err(e) => e == rustix::io::Errno::PERM,
-    }
+    };
+    // A reused pid (after a reboot) is some other program.
+    alive
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map_or(true, |c| String::from_utf8_lossy(&c).contains("fedsync"))
 }
 
 /// The health of a watcher of `name` that is running now (file present, process alive,
@@ -256,7 +262,9 @@ fn desktop_notify(title: &str, body: &str) -> Result<(), String> {
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
     if !session {
-        return Err("no desktop session (DISPLAY, WAYLAND_DISPLAY, DBUS_SESSION_BUS_ADDRESS unset)".into());
+        return Err(
+            "no desktop session (DISPLAY, WAYLAND_DISPLAY, DBUS_SESSION_BUS_ADDRESS unset)".into(),
+        );
     }
     let mut child = std::process::Command::new("notify-send")
         .args(["--app-name=fedsync", "--urgency=critical", title, body])
@@ -309,7 +317,9 @@ pub fn run_hook(profile: &Profile, pair: &str, error: &str, run: &str, failures:
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Ok(None) => {
-                    eprintln!("fedsync: on_failure hook still running after 60 s; not waiting for it");
+                    eprintln!(
+                        "fedsync: on_failure hook still running after 60 s; not waiting for it"
+                    );
                     return;
                 }
                 Err(_) => return,
@@ -336,7 +346,14 @@ pub fn sync_failed(profile: &Profile, report: Option<&RunReport>, error: Option<
                 if matches!(p.status, PairStatus::Refused | PairStatus::Failed) {
                     any = true;
                     let msg = p.message.clone().unwrap_or_else(|| pair_failure_text(p));
-                    run_hook(profile, &format!("{} <-> {}", p.a, p.b), &msg, &r.run, 1, true);
+                    run_hook(
+                        profile,
+                        &format!("{} <-> {}", p.a, p.b),
+                        &msg,
+                        &r.run,
+                        1,
+                        true,
+                    );
                 }
             }
             if !any {
@@ -1200,10 +1217,8 @@ impl Watch<'_> {
                 }
                 return;
             }
-            match collapse(&changed, MAX_RUN_PATHS) {
-                Some(p) => p,
-                None => Vec::new(),
-            }
+            // None: too many subtrees, sync everything.
+            collapse(&changed, MAX_RUN_PATHS).unwrap_or_default()
         };
         let full = full || paths.is_empty();
         let mut prof = self.pair_profile(k);
@@ -1253,7 +1268,7 @@ impl Watch<'_> {
             Err(e) => {
                 self.runs += 1;
                 let msg = e.to_string();
-                self.failed(n, trig, &paths, &msg, "", elapsed);
+                self.failed(n, trig, &paths, None, &msg, "", elapsed);
             }
             Ok(report) => {
                 self.runs += 1;
@@ -1277,7 +1292,7 @@ impl Watch<'_> {
                                 DELETE_WINDOW.as_secs() / 60
                             ));
                         }
-                        self.failed(n, trig, &paths, &msg, &report.run, elapsed);
+                        self.failed(n, trig, &paths, Some(pair), &msg, &report.run, elapsed);
                     }
                     PairStatus::Skipped => {
                         let msg = pair
@@ -1330,6 +1345,7 @@ impl Watch<'_> {
         n: usize,
         trig: Trigger,
         paths: &[RelPath],
+        pair: Option<&PairReport>,
         msg: &str,
         run: &str,
         elapsed: Duration,
@@ -1356,7 +1372,7 @@ impl Watch<'_> {
                 alert,
             )
         };
-        self.print_run(n, trig, paths, None, run, Some(msg), Some(d), elapsed);
+        self.print_run(n, trig, paths, pair, run, Some(msg), Some(d), elapsed);
         if alert {
             self.alert(&pair_name, msg, run, failures);
         }
@@ -1499,7 +1515,12 @@ impl Watch<'_> {
                 "trigger": trig.name(),
                 "paths": if paths.is_empty() { serde_json::json!("all") } else { serde_json::json!(paths) },
                 "run": if run.is_empty() { None } else { Some(run) },
-                "status": pair.map(|p| p.status),
+                "status": match (pair, error) {
+                    (Some(p), _) => serde_json::json!(p.status),
+                    (None, Some(e)) if e.starts_with("skipped:") => serde_json::json!("skipped"),
+                    (None, Some(_)) => serde_json::json!("failed"),
+                    (None, None) => Value::Null,
+                },
                 "counts": pair.map(|p| &p.counts),
                 "error": error,
                 "consecutive_failures": pr.consecutive_failures,
@@ -1576,7 +1597,9 @@ impl Watch<'_> {
         if let Err(why) = desktop_notify(&title, &body) {
             if !self.said_no_desktop {
                 self.said_no_desktop = true;
-                eprintln!("fedsync watch: no desktop notification ({why}); failures are reported here");
+                eprintln!(
+                    "fedsync watch: no desktop notification ({why}); failures are reported here"
+                );
             }
         }
         run_hook(self.profile, pair, error, run, failures, false);
@@ -1656,10 +1679,20 @@ fn summary(p: &PairReport) -> String {
     let c = &p.counts;
     let mut parts = Vec::new();
     if c.to_b > 0 {
-        parts.push(format!("{} -> {} ({})", c.to_b, p.b, human_bytes(c.bytes_to_b)));
+        parts.push(format!(
+            "{} -> {} ({})",
+            c.to_b,
+            p.b,
+            human_bytes(c.bytes_to_b)
+        ));
     }
     if c.to_a > 0 {
-        parts.push(format!("{} -> {} ({})", c.to_a, p.a, human_bytes(c.bytes_to_a)));
+        parts.push(format!(
+            "{} -> {} ({})",
+            c.to_a,
+            p.a,
+            human_bytes(c.bytes_to_a)
+        ));
     }
     if c.deleted_b > 0 {
         parts.push(format!("{} deleted on {}", c.deleted_b, p.b));
@@ -1699,7 +1732,11 @@ fn summary(p: &PairReport) -> String {
             .collect();
         if !shown.is_empty() {
             s.push_str(&format!(": {}", shown.join(", ")));
-            let done = p.items.iter().filter(|it| it.outcome == Outcome::Done).count();
+            let done = p
+                .items
+                .iter()
+                .filter(|it| it.outcome == Outcome::Done)
+                .count();
             if done > shown.len() {
                 s.push_str(&format!(" +{}", done - shown.len()));
             }

@@ -115,20 +115,42 @@ fn print_shows_the_watch_unit_and_the_launchd_agent() {
     assert_eq!(line(unit, "WantedBy"), "default.target");
 
     let d = plist_dict(file(&files, ".plist"));
-    assert_eq!(d.get("Label").and_then(|v| v.as_string()), Some("org.fedsync.p1"));
+    assert_eq!(
+        d.get("Label").and_then(|v| v.as_string()),
+        Some("org.fedsync.p1")
+    );
     assert_eq!(
         plist_args(&d),
-        [exe().display().to_string(), "--home".into(), home, "watch".into(), "p1".into()]
+        [
+            exe().display().to_string(),
+            "--home".into(),
+            home,
+            "watch".into(),
+            "p1".into()
+        ]
     );
     assert_eq!(d.get("RunAtLoad").and_then(|v| v.as_boolean()), Some(true));
-    let keep = d.get("KeepAlive").and_then(|v| v.as_dictionary()).expect("KeepAlive");
-    assert_eq!(keep.get("SuccessfulExit").and_then(|v| v.as_boolean()), Some(false));
+    let keep = d
+        .get("KeepAlive")
+        .and_then(|v| v.as_dictionary())
+        .expect("KeepAlive");
+    assert_eq!(
+        keep.get("SuccessfulExit").and_then(|v| v.as_boolean()),
+        Some(false)
+    );
     assert!(d.get("StartInterval").is_none());
-    let log = d.get("StandardOutPath").and_then(|v| v.as_string()).unwrap();
+    let log = d
+        .get("StandardOutPath")
+        .and_then(|v| v.as_string())
+        .unwrap();
     assert!(log.starts_with(user_home.to_str().unwrap()), "{log}");
 
     // The human form shows the same files with their destinations.
-    let out = run_svc(&fx, &fx.home, &["service", "install", "p1", "--watch", "--print"]);
+    let out = run_svc(
+        &fx,
+        &fx.home,
+        &["service", "install", "p1", "--watch", "--print"],
+    );
     out.ok();
     assert!(out.stdout.contains("# ---- ") && out.stdout.contains("fedsync-p1.service"));
     assert!(out.stdout.contains("[Service]") && out.stdout.contains("<plist version=\"1.0\">"));
@@ -145,7 +167,10 @@ fn print_shows_the_timer_form() {
     assert_eq!(files.len(), 3, "{files:?}");
     let unit = file(&files, ".service");
     assert_eq!(line(unit, "Type"), "oneshot");
-    assert!(line(unit, "ExecStart").ends_with(" sync p1 --wait"), "{unit}");
+    assert!(
+        line(unit, "ExecStart").ends_with(" sync p1 --wait"),
+        "{unit}"
+    );
     let timer = file(&files, ".timer");
     assert_eq!(line(timer, "OnUnitActiveSec"), "900s");
     assert_eq!(line(timer, "Unit"), "fedsync-p1.service");
@@ -180,7 +205,10 @@ fn odd_characters_in_paths_are_quoted() {
             .replace('$', "$$")
             .replace('"', "\\\"")
     );
-    assert!(exec.contains(&format!("--home {quoted} watch p1")), "{exec}");
+    assert!(
+        exec.contains(&format!("--home {quoted} watch p1")),
+        "{exec}"
+    );
     let d = plist_dict(file(&files, ".plist"));
     assert_eq!(plist_args(&d)[2], home.display().to_string());
     verify_units(&fx, &files, "quoted");
@@ -262,14 +290,17 @@ fn status_and_install_say_when_systemd_user_sessions_are_missing() {
     }
     assert_eq!(v["available"], false, "{v:#}");
     assert!(
-        st.stdout.contains("systemd user sessions are not available"),
+        st.stdout
+            .contains("systemd user sessions are not available"),
         "{st:?}"
     );
     let inst = run_svc(&fx, &fx.home, &["service", "install", "p1"]);
     inst.code(3);
     assert!(
         inst.stderr.contains("nothing installed")
-            && inst.stderr.contains("systemd user sessions are not available"),
+            && inst
+                .stderr
+                .contains("systemd user sessions are not available"),
         "{inst:?}"
     );
     assert!(!fx.dir.join("userhome/.config/systemd").exists());
@@ -282,11 +313,23 @@ fn usage_errors() {
     run_svc(
         &fx,
         &fx.home,
-        &["service", "install", "p1", "--watch", "--interval", "5m", "--print"],
+        &[
+            "service",
+            "install",
+            "p1",
+            "--watch",
+            "--interval",
+            "5m",
+            "--print",
+        ],
     )
     .code(2);
-    run_svc(&fx, &fx.home, &["service", "install", "p1", "--interval", "soon", "--print"])
-        .code(2);
+    run_svc(
+        &fx,
+        &fx.home,
+        &["service", "install", "p1", "--interval", "soon", "--print"],
+    )
+    .code(2);
     let un = run_svc(&fx, &fx.home, &["service", "uninstall", "p1"]);
     un.ok();
     assert!(un.stdout.contains("nothing to do"), "{un:?}");

@@ -78,7 +78,10 @@ impl WatchProc {
                 return;
             }
             if let Ok(Some(st)) = self.child.as_mut().expect("child").try_wait() {
-                panic!("watch exited ({st}) while waiting for {what}\n{}", self.log());
+                panic!(
+                    "watch exited ({st}) while waiting for {what}\n{}",
+                    self.log()
+                );
             }
             if start.elapsed() > timeout {
                 panic!(
@@ -95,9 +98,9 @@ impl WatchProc {
     fn wait_started(&mut self) {
         self.wait_for("the initial sync", |w| {
             let h = w.health();
-            h["pairs"].as_array().is_some_and(|ps| {
-                !ps.is_empty() && ps.iter().all(|p| p["state"] != "starting")
-            })
+            h["pairs"]
+                .as_array()
+                .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["state"] != "starting"))
         });
     }
 
@@ -142,7 +145,10 @@ impl WatchProc {
                 self.child = None;
                 return st.code().unwrap_or(-1);
             }
-            assert!(start.elapsed() < TIMEOUT, "watch did not stop after SIGTERM");
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "watch did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -192,7 +198,8 @@ fn watch_runs_in_log(fx: &Fx, name: &str) -> usize {
         .expect("records")
         .iter()
         .filter(|r| {
-            r["action"] == "run-start" && r["detail"].as_str().is_some_and(|d| d.starts_with("watch"))
+            r["action"] == "run-start"
+                && r["detail"].as_str().is_some_and(|d| d.starts_with("watch"))
         })
         .count()
 }
@@ -236,9 +243,13 @@ fn edits_creates_deletes_and_renames_arrive_on_the_other_side() {
 
     // Creates, in a new folder too.
     fx.write(&fx.b, "notes/new.md", "created on b");
-    w.wait_for("B's new file on A", |_| has(&fx.a, "notes/new.md", "created on b"));
+    w.wait_for("B's new file on A", |_| {
+        has(&fx.a, "notes/new.md", "created on b")
+    });
     fx.write(&fx.a, "top.md", "created on a");
-    w.wait_for("A's new file on B", |_| has(&fx.b, "top.md", "created on a"));
+    w.wait_for("A's new file on B", |_| {
+        has(&fx.b, "top.md", "created on a")
+    });
 
     // Deletes.
     std::fs::remove_file(fx.b.join("old.txt")).unwrap();
@@ -263,7 +274,9 @@ fn edits_creates_deletes_and_renames_arrive_on_the_other_side() {
     // An editor's save: write a temporary file, rename it over the original.
     fx.write(&fx.a, ".doc.txt.swp", "v4 via rename");
     std::fs::rename(fx.a.join(".doc.txt.swp"), fx.a.join("doc.txt")).unwrap();
-    w.wait_for("the editor-style save on B", |_| has(&fx.b, "doc.txt", "v4 via rename"));
+    w.wait_for("the editor-style save on B", |_| {
+        has(&fx.b, "doc.txt", "v4 via rename")
+    });
     w.wait_quiet(Duration::from_millis(1500));
     assert_eq!(contents(&fx.a), contents(&fx.b));
 
@@ -356,7 +369,12 @@ fn the_interval_rescan_catches_changes_made_without_events() {
     fx.profile_ab("w", "", "");
     fx.write(&fx.a, "x.txt", "x");
     // File events off: only the periodic full rescan can see the change.
-    let mut w = watch(&fx, "w", &["--interval", "1s"], &[("FEDSYNC_WATCH_EVENTS", "off")]);
+    let mut w = watch(
+        &fx,
+        "w",
+        &["--interval", "1s"],
+        &[("FEDSYNC_WATCH_EVENTS", "off")],
+    );
     w.wait_started();
     assert_eq!(w.health()["watcher"], "off", "{:#}", w.health());
     fx.write(&fx.a, "late.txt", "made while nobody listens");
@@ -376,14 +394,21 @@ fn the_polling_watcher_sees_changes() {
         &fx,
         "w",
         &["--interval", "1h"],
-        &[("FEDSYNC_WATCH_EVENTS", "poll"), ("FEDSYNC_WATCH_POLL_MS", "200")],
+        &[
+            ("FEDSYNC_WATCH_EVENTS", "poll"),
+            ("FEDSYNC_WATCH_POLL_MS", "200"),
+        ],
     );
     w.wait_started();
     assert_eq!(w.health()["watcher"], "polling", "{:#}", w.health());
     fx.write(&fx.a, "sub/polled.txt", "seen by polling");
-    w.wait_for("the polled change on B", |_| has(&fx.b, "sub/polled.txt", "seen by polling"));
+    w.wait_for("the polled change on B", |_| {
+        has(&fx.b, "sub/polled.txt", "seen by polling")
+    });
     fx.write(&fx.b, "x.txt", "edited on b");
-    w.wait_for("the polled edit on A", |_| has(&fx.a, "x.txt", "edited on b"));
+    w.wait_for("the polled edit on A", |_| {
+        has(&fx.a, "x.txt", "edited on b")
+    });
     assert_eq!(w.terminate(), 0);
 }
 
@@ -419,7 +444,10 @@ fn a_replica_taken_away_and_brought_back_is_synced_and_the_failure_is_loud() {
     let st = fx.run(&["status", "w", "--json"]);
     st.code(3);
     let v = st.json();
-    assert!(v["watch"]["pairs"][0]["consecutive_failures"].as_u64() >= Some(1), "{v:#}");
+    assert!(
+        v["watch"]["pairs"][0]["consecutive_failures"].as_u64() >= Some(1),
+        "{v:#}"
+    );
     assert!(v["watch"]["pairs"][0]["last_error"].is_string(), "{v:#}");
     assert!(w.still_running());
 
@@ -457,12 +485,22 @@ fn an_optional_replica_that_appears_is_synced_within_an_interval() {
         "w",
         &["--interval", "1s"],
         // Backoff as in production: the interval alone must bring the replica in.
-        &[("FEDSYNC_WATCH_BACKOFF_MIN_MS", "60000"), ("FEDSYNC_WATCH_BACKOFF_MAX_MS", "300000")],
+        &[
+            ("FEDSYNC_WATCH_BACKOFF_MIN_MS", "60000"),
+            ("FEDSYNC_WATCH_BACKOFF_MAX_MS", "300000"),
+        ],
     );
     w.wait_started();
-    assert_eq!(w.health()["pairs"][0]["state"], "skipped", "{:#}", w.health());
+    assert_eq!(
+        w.health()["pairs"][0]["state"],
+        "skipped",
+        "{:#}",
+        w.health()
+    );
     std::fs::create_dir(&fx.b).unwrap();
-    w.wait_for("the optional replica to be synced", |_| has(&fx.b, "x.txt", "x"));
+    w.wait_for("the optional replica to be synced", |_| {
+        has(&fx.b, "x.txt", "x")
+    });
     assert_eq!(w.terminate(), 0);
 }
 
@@ -493,7 +531,10 @@ fn sigterm_stops_cleanly_and_frees_the_lock() {
             "{v:#}"
         );
     }
-    assert!(v.get("watch").is_none(), "a stopped watcher is not shown: {v:#}");
+    assert!(
+        v.get("watch").is_none(),
+        "a stopped watcher is not shown: {v:#}"
+    );
 }
 
 #[test]
@@ -551,7 +592,9 @@ fn deletions_in_several_small_runs_count_together_against_max_delete() {
     for i in 0..4 {
         std::fs::remove_file(fx.a.join(format!("f{i}.txt"))).unwrap();
     }
-    w.wait_for("the first deletions on B", |_| (0..4).all(|i| !exists(&fx.b, &format!("f{i}.txt"))));
+    w.wait_for("the first deletions on B", |_| {
+        (0..4).all(|i| !exists(&fx.b, &format!("f{i}.txt")))
+    });
     w.wait_quiet(Duration::from_millis(1000));
     // Three more a moment later: 7 in all is more than max_delete = 5, so refused.
     for i in 4..7 {
@@ -563,10 +606,65 @@ fn deletions_in_several_small_runs_count_together_against_max_delete() {
             .is_some_and(|e| e.contains("count together"))
     });
     for i in 4..7 {
-        assert!(exists(&fx.b, &format!("f{i}.txt")), "f{i}.txt was deleted on b");
+        assert!(
+            exists(&fx.b, &format!("f{i}.txt")),
+            "f{i}.txt was deleted on b"
+        );
     }
     // A deliberate sync --force passes the guard as usual.
     fx.run(&["sync", "w", "--force", "--wait"]).ok();
     assert!(!exists(&fx.b, "f5.txt"));
+    assert_eq!(w.terminate(), 0);
+}
+
+#[test]
+fn pairs_are_independent_and_changes_cross_the_hub() {
+    let fx = Fx::new();
+    let c = fx.dir.join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    fx.write_profile(
+        "w",
+        &format!(
+            "[replicas]\na = {:?}\nb = {:?}\nc = {:?}\n",
+            fx.a_str(),
+            fx.b_str(),
+            c.to_str().unwrap()
+        ),
+    );
+    fx.write(&fx.a, "x.txt", "x");
+    let mut w = watch(&fx, "w", &["--interval", "1h"], &[]);
+    w.wait_started();
+    assert!(has(&fx.b, "x.txt", "x") && has(&c, "x.txt", "x"));
+
+    // A spoke's change reaches the hub and the other spoke.
+    fx.write(&fx.b, "from-b.txt", "b");
+    w.wait_for("b's file on a and c", |_| {
+        has(&fx.a, "from-b.txt", "b") && has(&c, "from-b.txt", "b")
+    });
+
+    // c goes away: the a <-> c pair fails and backs off, a <-> b goes on.
+    let away = fx.dir.join("c-away");
+    std::fs::rename(&c, &away).unwrap();
+    fx.write(&fx.b, "while-c-away.txt", "b2");
+    w.wait_for("a <-> c to fail", |w| {
+        w.health()["pairs"][1]["consecutive_failures"].as_u64() >= Some(1)
+    });
+    w.wait_for("b's new file on a", |_| {
+        has(&fx.a, "while-c-away.txt", "b2")
+    });
+    fx.write(&fx.a, "hub-edit.txt", "a");
+    w.wait_for("a's new file on b", |_| has(&fx.b, "hub-edit.txt", "a"));
+    assert_eq!(
+        w.health()["pairs"][0]["consecutive_failures"],
+        0,
+        "{:#}",
+        w.health()
+    );
+
+    // c is back: it gets what it missed.
+    std::fs::rename(&away, &c).unwrap();
+    w.wait_for("c to catch up", |_| {
+        has(&c, "while-c-away.txt", "b2") && has(&c, "hub-edit.txt", "a")
+    });
     assert_eq!(w.terminate(), 0);
 }
