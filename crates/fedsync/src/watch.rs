@@ -54,6 +54,12 @@ pub struct WatchArgs {
     /// [default: the profile's `interval`, else 5m]
     #[arg(long, value_name = "D")]
     pub interval: Option<String>,
+    /// Also serve the dashboard at this address (e.g. 127.0.0.1:8384), with live updates
+    #[arg(long, value_name = "ADDR")]
+    pub ui: Option<String>,
+    /// Let --ui listen on a non-loopback address
+    #[arg(long, requires = "ui")]
+    pub allow_remote: bool,
 }
 
 /// Default full-rescan period.
@@ -627,6 +633,18 @@ pub fn watch(home: &Home, p: &Printer, profile: &Profile, args: &WatchArgs) -> R
                     format!("cannot lock {}: {e}", lock_path.display())
                 }
             },
+        });
+    }
+
+    // The dashboard beside the watcher: its own thread, stopped with the process.
+    if let Some(listen) = &args.ui {
+        let addr = crate::ui::listen_addr(listen, args.allow_remote)?;
+        let (home, profile) = (home.clone(), profile.clone());
+        let up = Printer::new(p.json, p.quiet, 0, false);
+        std::thread::spawn(move || {
+            if let Err(f) = crate::ui::serve(&home, &up, profile, addr) {
+                up.error(&f.msg);
+            }
         });
     }
 

@@ -24,15 +24,28 @@ struct Server {
 
 impl Server {
     fn start(fx: &Fx) -> Server {
+        Server::start_with(fx, &["ui", P, "--listen", "127.0.0.1:0"])
+    }
+
+    /// Start `fedsync ARGS...` and take the dashboard's address from the first line of its
+    /// output that has one (`watch --ui` prints its own line first).
+    fn start_with(fx: &Fx, args: &[&str]) -> Server {
         let mut child = fx
-            .command(&["ui", P, "--listen", "127.0.0.1:0"])
+            .command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn fedsync ui");
+            .expect("spawn fedsync");
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        out.read_line(&mut line).expect("read the first line");
+        while !line.contains("http://") {
+            line.clear();
+            let n = out.read_line(&mut line).expect("read a line");
+            assert!(
+                n > 0,
+                "fedsync ended without printing the dashboard's address"
+            );
+        }
         // Keep reading (and dropping) the rest so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = String::new();
@@ -855,4 +868,37 @@ fn openapi_documents_every_endpoint() {
             "{method} {path} is not documented"
         );
     }
+}
+
+/// `fedsync watch NAME --ui ADDR` serves the same dashboard while it syncs; SIGTERM stops both.
+#[test]
+fn watch_serves_the_dashboard_too() {
+    let fx = Fx::new();
+    fx.profile_ab(P, "", "");
+    fx.write(&fx.a, "notes.txt", "from a\n");
+    let mut srv = Server::start_with(&fx, &["watch", P, "--ui", "127.0.0.1:0"]);
+    assert_eq!(srv.get("/api/status").status, 200);
+    assert_eq!(
+        http(&srv.addr, "GET", "/api/status", &[], None).status,
+        401,
+        "the token is required here too"
+    );
+    // The watcher syncs meanwhile; the dashboard sees its run.
+    let mut seen = false;
+    for _ in 0..100 {
+        let st = srv.json("/api/status");
+        if st["last_runs"].as_array().is_some_and(|r| !r.is_empty()) {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(seen, "the watcher's run shows in the dashboard");
+    let pid = srv.child.id() as i32;
+    // SIGTERM: the watcher and the server stop cleanly.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let status = srv.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
