@@ -354,6 +354,12 @@ pub fn check_replica(
     let who = format!("replica {} ({})", spec.name, spec.raw);
     let probe = match rep.probe() {
         Ok(p) => p,
+        // An optional replica that cannot be reached (host down, drive away) is skipped.
+        Err(e) if spec.optional => {
+            return Ok(Avail::Skip(format!(
+                "{who} cannot be reached (optional): skipped: {e}"
+            )))
+        }
         Err(e) => return Ok(Avail::Unavailable(format!("{who}: {e}"))),
     };
     let adopt = |id: String| -> Result<Avail, EngineError> {
@@ -462,6 +468,8 @@ pub fn sync(
     for (spec, rep) in profile.replicas.iter().zip(&reps) {
         avail.push(match rep {
             Ok(r) => check_replica(&store, spec, r.as_ref(), opts.create_missing, opts.dry_run)?,
+            // An optional replica that cannot be reached (host down) is skipped.
+            Err(msg) if spec.optional => Avail::Skip(format!("{msg} (optional replica: skipped)")),
             Err(msg) => Avail::Unavailable(msg.clone()),
         });
     }

@@ -186,7 +186,7 @@ impl Printer {
         for p in &r.pairs {
             if let Some(m) = &p.message {
                 match p.status {
-                    PairStatus::Skipped => self.warn(m),
+                    PairStatus::Skipped if !r.warnings.contains(m) => self.warn(m),
                     PairStatus::Refused | PairStatus::Failed => {
                         self.error(&format!("{} <-> {}: {m}", p.a, p.b))
                     }
