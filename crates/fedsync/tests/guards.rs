@@ -86,6 +86,29 @@ fn inv5_marker_with_another_id_is_refused() {
     assert_ne!(before_a, before_a2);
 }
 
+/// An optional ssh replica whose host cannot be reached is skipped with one warning, like an
+/// unmounted drive; the other pair syncs and the run exits 0.
+#[test]
+fn inv5_optional_unreachable_ssh_replica_is_skipped() {
+    let fx = Fx::new();
+    fx.profile_ab(
+        "three",
+        "",
+        // Port 1 on loopback: nothing listens there (or no ssh at all): unreachable.
+        "[replicas.server]\nroot = \"ssh://nobody@127.0.0.1:1/srv/data\"\noptional = true\n",
+    );
+    fx.write(&fx.a, "hub.txt", "from hub\n");
+    let out = fx.run(&["sync", "three"]);
+    out.ok();
+    assert_eq!(
+        out.stderr.matches("warning").count(),
+        1,
+        "one warning about the skipped replica: {out:?}"
+    );
+    assert!(out.stderr.contains("server"), "{out:?}");
+    assert_eq!(read(&fx.b, "hub.txt"), "from hub\n");
+}
+
 /// An optional replica that is absent is skipped with a warning; the other pair syncs.
 #[test]
 fn inv5_optional_replica_absent_is_skipped_and_the_other_pair_synced() {
