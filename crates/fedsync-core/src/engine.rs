@@ -2233,16 +2233,21 @@ impl Applier<'_, '_> {
     /// Keep the synced content of paths under a text or union merge rule: the base of
     /// their next three-way merge.
     fn save_base_content(&mut self) -> Result<(), EngineError> {
-        if self.pair < 0 {
+        use crate::config::MergeKind;
+        let any_rule = self
+            .eng
+            .profile
+            .rules
+            .iter()
+            .any(|r| matches!(r.merge, Some(MergeKind::Text | MergeKind::Union)));
+        // Nothing to keep without such a rule: no per-path rule lookups on the hot path.
+        if self.pair < 0 || !any_rule {
             return Ok(());
         }
         let rules = self.eng.rules;
         for (i, it) in self.items.iter().enumerate() {
             let pr = rules.for_path(&it.path, false);
-            if !matches!(
-                pr.merge,
-                Some(crate::config::MergeKind::Text | crate::config::MergeKind::Union)
-            ) {
+            if !matches!(pr.merge, Some(MergeKind::Text | MergeKind::Union)) {
                 continue;
             }
             let failed = self.failed_before(i);

@@ -3,7 +3,7 @@
 use crate::cli::Fail;
 use fedsync_core::audit;
 use fedsync_core::config::{Profile, ReplicaAddr};
-use fedsync_core::engine::{self, Outcome, PairStatus, Progress, RunReport};
+use fedsync_core::engine::{self, Outcome, PairReport, PairStatus, Progress, RunReport};
 use fedsync_core::entry::Entry;
 use fedsync_core::history::{self, ChangeReport, PruneReport};
 use fedsync_core::inspect;
@@ -31,6 +31,51 @@ pub struct Printer {
     pub quiet: bool,
     pub verbose: u8,
     pub color: bool,
+}
+
+/// A pair's counts as phrases: "2 -> b (1.2 KB)", "1 deleted on a", "1 conflict", ...
+/// `paint(code, text)` colours the problem counts; `conflict_hint` follows the conflicts.
+pub(crate) fn count_parts(
+    p: &PairReport,
+    paint: &dyn Fn(&str, String) -> String,
+    conflict_hint: &str,
+) -> Vec<String> {
+    let c = &p.counts;
+    let mut parts = Vec::new();
+    for (n, bytes, to) in [(c.to_b, c.bytes_to_b, &p.b), (c.to_a, c.bytes_to_a, &p.a)] {
+        if n > 0 {
+            parts.push(format!("{n} -> {to} ({})", human_bytes(bytes)));
+        }
+    }
+    for (n, on) in [(c.deleted_b, &p.b), (c.deleted_a, &p.a)] {
+        if n > 0 {
+            parts.push(format!("{n} deleted on {on}"));
+        }
+    }
+    if c.moved > 0 {
+        parts.push(format!("{} moved", c.moved));
+    }
+    if c.merged > 0 {
+        parts.push(format!("{} merged", c.merged));
+    }
+    if c.conflicts > 0 {
+        let word = if c.conflicts == 1 {
+            "conflict"
+        } else {
+            "conflicts"
+        };
+        parts.push(paint(
+            "1;35",
+            format!("{} {word}{conflict_hint}", c.conflicts),
+        ));
+    }
+    if c.skipped > 0 {
+        parts.push(paint("1;33", format!("{} skipped", c.skipped)));
+    }
+    if c.failed > 0 {
+        parts.push(paint("1;31", format!("{} failed", c.failed)));
+    }
+    parts
 }
 
 /// How the engine marks the items a stopped run left undone.
@@ -249,50 +294,7 @@ impl Printer {
             if self.quiet {
                 continue;
             }
-            let c = &p.counts;
-            let mut parts = Vec::new();
-            if c.to_b > 0 {
-                parts.push(format!(
-                    "{} -> {} ({})",
-                    c.to_b,
-                    p.b,
-                    human_bytes(c.bytes_to_b)
-                ));
-            }
-            if c.to_a > 0 {
-                parts.push(format!(
-                    "{} -> {} ({})",
-                    c.to_a,
-                    p.a,
-                    human_bytes(c.bytes_to_a)
-                ));
-            }
-            if c.deleted_b > 0 {
-                parts.push(format!("{} deleted on {}", c.deleted_b, p.b));
-            }
-            if c.deleted_a > 0 {
-                parts.push(format!("{} deleted on {}", c.deleted_a, p.a));
-            }
-            if c.moved > 0 {
-                parts.push(format!("{} moved", c.moved));
-            }
-            if c.merged > 0 {
-                parts.push(format!("{} merged", c.merged));
-            }
-            if c.conflicts > 0 {
-                let word = if c.conflicts == 1 {
-                    "conflict"
-                } else {
-                    "conflicts"
-                };
-                parts.push(self.paint("1;35", &format!("{} {word}", c.conflicts)));
-            }
-            if c.skipped > 0 {
-                parts.push(self.paint("1;33", &format!("{} skipped", c.skipped)));
-            }
-            if c.failed > 0 {
-                parts.push(self.paint("1;31", &format!("{} failed", c.failed)));
-            }
+            let parts = count_parts(p, &|code, t| self.paint(code, &t), "");
             let head = format!("{} <-> {}", p.a, p.b);
             match p.status {
                 PairStatus::Skipped => outln!("{head}: skipped"),

@@ -55,10 +55,11 @@ macro_rules! outln {
 
 /// One open conflict with the pair it belongs to (indexes into `profile.replicas`).
 #[derive(Clone, Debug)]
-struct Open {
-    path: RelPath,
-    pair: (usize, usize),
-    row: ConflictRow,
+pub(crate) struct Open {
+    pub path: RelPath,
+    /// Indexes of the pair's replicas in the profile.
+    pub pair: (usize, usize),
+    pub row: ConflictRow,
 }
 
 /// `fedsync resolve NAME [PATH...] [--keep R|newest|both|merge]`.
@@ -189,7 +190,10 @@ fn parse_keep(profile: &Profile, k: &str) -> Result<Policy, Fail> {
 
 /// The open conflicts of the profile, each with its pair, in store order; and the rows whose
 /// pair is not one of the profile's (replica removed or replaced).
-fn open_conflicts(home: &Home, profile: &Profile) -> Result<(Vec<Open>, Vec<ConflictRow>), Fail> {
+pub(crate) fn open_conflicts(
+    home: &Home,
+    profile: &Profile,
+) -> Result<(Vec<Open>, Vec<ConflictRow>), Fail> {
     let store = engine::open_store(home, &profile.name)?;
     let rows = store.conflicts().map_err(|e| failed(e.to_string()))?;
     let mut ids = Vec::new();

@@ -17,7 +17,7 @@
 //! - `FEDSYNC_NOTIFY_AFTER` (1): consecutive failures of a pair before the alerts fire.
 
 use crate::cli::Fail;
-use crate::output::{human_bytes, Printer};
+use crate::output::Printer;
 use clap::Args;
 use fedsync_core::config::{DeleteLimit, Profile, ReplicaAddr};
 use fedsync_core::engine::{
@@ -1694,49 +1694,7 @@ fn changes(p: &PairReport) -> u64 {
 
 /// "2 -> b (1.2 KB), 1 deleted on a, 1 conflict" or "nothing to do".
 fn summary(p: &PairReport) -> String {
-    let c = &p.counts;
-    let mut parts = Vec::new();
-    if c.to_b > 0 {
-        parts.push(format!(
-            "{} -> {} ({})",
-            c.to_b,
-            p.b,
-            human_bytes(c.bytes_to_b)
-        ));
-    }
-    if c.to_a > 0 {
-        parts.push(format!(
-            "{} -> {} ({})",
-            c.to_a,
-            p.a,
-            human_bytes(c.bytes_to_a)
-        ));
-    }
-    if c.deleted_b > 0 {
-        parts.push(format!("{} deleted on {}", c.deleted_b, p.b));
-    }
-    if c.deleted_a > 0 {
-        parts.push(format!("{} deleted on {}", c.deleted_a, p.a));
-    }
-    if c.moved > 0 {
-        parts.push(format!("{} moved", c.moved));
-    }
-    if c.merged > 0 {
-        parts.push(format!("{} merged", c.merged));
-    }
-    if c.conflicts > 0 {
-        parts.push(format!(
-            "{} conflict{} (fedsync resolve)",
-            c.conflicts,
-            if c.conflicts == 1 { "" } else { "s" }
-        ));
-    }
-    if c.skipped > 0 {
-        parts.push(format!("{} skipped", c.skipped));
-    }
-    if c.failed > 0 {
-        parts.push(format!("{} failed", c.failed));
-    }
+    let parts = crate::output::count_parts(p, &|_, t| t, " (fedsync resolve)");
     if parts.is_empty() {
         "in sync, nothing to do".into()
     } else {

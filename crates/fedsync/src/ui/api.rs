@@ -157,42 +157,22 @@ struct Open {
 /// The profile's open conflicts (as `fedsync resolve` finds them), and the rows whose pair is
 /// not one of the profile's any more.
 fn open_conflicts(ctx: &Ctx, profile: &Profile) -> Res<(Vec<Open>, Vec<ConflictRow>)> {
-    let store = engine::open_store(&ctx.home, &profile.name)?;
-    let rows = store
-        .conflicts()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut ids = Vec::new();
-    for spec in &profile.replicas {
-        ids.push(
-            store
-                .replica_id(&spec.name)
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map(|(id, _)| id),
-        );
-    }
-    let mut pairs: HashMap<String, (usize, usize)> = HashMap::new();
-    if let Some(Some(hub)) = ids.first() {
-        for (k, id) in ids.iter().enumerate().skip(1) {
-            if let Some(id) = id {
-                pairs.insert(engine::pair_key(hub, id), (0, k));
-            }
-        }
-    }
-    let mut open = Vec::new();
-    let mut stale = Vec::new();
-    for row in rows {
-        match (pairs.get(&row.pair), RelPath::new(&row.path)) {
-            (Some(&(ia, ib)), Ok(path)) => open.push(Open {
-                path,
+    let (open, stale) = crate::resolve::open_conflicts(&ctx.home, profile)
+        .map_err(|f| ApiError::internal(f.msg))?;
+    let open = open
+        .into_iter()
+        .map(|o| {
+            let (ia, ib) = o.pair;
+            Open {
+                path: o.path,
                 a: profile.replicas[ia].name.clone(),
                 b: profile.replicas[ib].name.clone(),
                 ia,
                 ib,
-                row,
-            }),
-            _ => stale.push(row),
-        }
-    }
+                row: o.row,
+            }
+        })
+        .collect();
     Ok((open, stale))
 }
 
