@@ -6,8 +6,10 @@
 #   SCENARIOS=local bash bench/latency.sh
 #
 # local: two folders; writes alternate between them (a -> b, b -> a).
-# ssh:   a local folder and ssh://$USER@127.0.0.1:PORT/...; writes on the local side (the
-#        remote agent does not report events yet, so remote writes wait for the rescan).
+# ssh:   a local folder and ssh://$USER@127.0.0.1:PORT/...: first writes on the local side
+#        (ssh a->b: local events, the run pushes over the watcher's one agent connection),
+#        then writes on the remote side (ssh b->a: the agent's own events cross the same
+#        connection, the run pulls). One result line per direction.
 # Each sample: write a new small file (unique content), poll the other side every 2 ms
 # until the file has that content, then wait a second of quiet before the next write.
 # The watcher runs with its defaults (debounce, interval) unless the knobs say otherwise.
@@ -59,7 +61,7 @@ order = directions.split(",")
 samples = []
 for i in range(n):
     src, dst = sides[order[i % len(order)]]
-    rel = os.path.join("lat", f"s{i:04d}.txt")
+    rel = os.path.join("lat", f"{name.replace(' ', '').replace('>', '')}-s{i:04d}.txt")
     data = f"sample {i} {time.time_ns()}\n".encode()
     os.makedirs(os.path.join(src, "lat"), exist_ok=True)
     t0 = time.monotonic()
@@ -81,7 +83,7 @@ for i in range(n):
     time.sleep(1.0)
 s = sorted(samples)
 p95 = s[min(len(s) - 1, max(0, round(0.95 * len(s)) - 1))]
-print(f"{name:<6} n={len(s):<3} median {statistics.median(s):6.3f} s   p95 {p95:6.3f} s   "
+print(f"{name:<8} n={len(s):<3} median {statistics.median(s):6.3f} s   p95 {p95:6.3f} s   "
       f"min {s[0]:6.3f} s   max {s[-1]:6.3f} s")
 EOF
 }
@@ -168,8 +170,12 @@ a = "$RUN/ssh/a"
 b = "ssh://$USER_NAME@127.0.0.1:$PORT$RUN/ssh/b"
 EOF
         start_watch lat-ssh
-        measure ssh "$RUN/ssh/a" "$RUN/ssh/b" "ab"
+        measure "ssh a->b" "$RUN/ssh/a" "$RUN/ssh/b" "ab"
+        measure "ssh b->a" "$RUN/ssh/a" "$RUN/ssh/b" "ba"
         stop_watch
+        # One agent for the whole watch (no ssh per run).
+        AGENTS=$(grep -c 'connected again' "$RUN/watch-lat-ssh.log" || true)
+        say "ssh: agent connection made again $AGENTS time(s) during the measurement"
         [ -S "$D/mux" ] && ssh -O exit -o ControlPath="$D/mux" "$USER_NAME@127.0.0.1" 2>/dev/null || true
         kill "$SSHD_PID" 2>/dev/null || true
         SSHD_PID=""

@@ -230,13 +230,13 @@ fn now_rfc3339() -> String {
 }
 
 /// Phase timings on stderr when `FEDSYNC_TIMING` is set (for benchmarks and profiling).
-struct Timing(Option<std::cell::Cell<Instant>>);
+pub(crate) struct Timing(Option<std::cell::Cell<Instant>>);
 
 impl Timing {
-    fn new() -> Timing {
+    pub(crate) fn new() -> Timing {
         Timing(std::env::var_os("FEDSYNC_TIMING").map(|_| std::cell::Cell::new(Instant::now())))
     }
-    fn mark(&self, what: &str) {
+    pub(crate) fn mark(&self, what: &str) {
         if let Some(c) = &self.0 {
             let rss_mb = std::fs::read_to_string("/proc/self/statm")
                 .ok()
@@ -853,6 +853,13 @@ pub fn build_inputs<'a>(
     names: [&'a str; 2],
     only: &'a [RelPath],
 ) -> impl Iterator<Item = (RelPath, Input)> + 'a {
+    // A lower bound of the union's size (for the caller's allocation); `--paths` may
+    // leave out any part of it.
+    let lower = if only.is_empty() {
+        base.len().max(a.len()).max(b.len())
+    } else {
+        0
+    };
     let mut its = [
         base.into_iter().peekable(),
         a.into_iter().peekable(),
@@ -864,14 +871,22 @@ pub fn build_inputs<'a>(
             .collect::<HashMap<_, _>>()
     });
     let any_errors = errs.iter().any(|e| !e.is_empty());
-    std::iter::from_fn(move || loop {
-        let path = its
-            .iter_mut()
-            .filter_map(|it| it.peek().map(|(p, _)| p))
-            .min()?
-            .clone();
-        let mut slots: [Option<Entry>; 3] = [None, None, None];
+    let stream = std::iter::from_fn(move || loop {
+        // The first stream holding the smallest path gives its path (no copy); the later
+        // ones holding the same path give only their entry.
+        let mut first: Option<(usize, &RelPath)> = None;
         for (k, it) in its.iter_mut().enumerate() {
+            if let Some((p, _)) = it.peek() {
+                if first.is_none_or(|(_, q)| p < q) {
+                    first = Some((k, p));
+                }
+            }
+        }
+        let (m, _) = first?;
+        let mut slots: [Option<Entry>; 3] = [None, None, None];
+        let (path, e) = its[m].next().expect("peeked");
+        slots[m] = Some(e);
+        for (k, it) in its.iter_mut().enumerate().skip(m + 1) {
             if it.peek().is_some_and(|(p, _)| *p == path) {
                 slots[k] = it.next().map(|(_, e)| e);
             }
@@ -905,7 +920,22 @@ pub fn build_inputs<'a>(
                 unreadable,
             },
         ));
-    })
+    });
+    Hinted(stream, lower)
+}
+
+/// An iterator with a known lower bound of its length.
+struct Hinted<I>(I, usize);
+
+impl<I: Iterator> Iterator for Hinted<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        self.1 = self.1.saturating_sub(1);
+        self.0.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, None)
+    }
 }
 
 impl Engine<'_> {
@@ -1963,8 +1993,8 @@ impl Applier<'_, '_> {
                     let sqlite = both_local
                         && src.is_file()
                         && pr.validate == Some(crate::config::Validator::Sqlite);
-                    let append = both_local
-                        && src.is_file()
+                    // (Appended in place where the target can: `append_tail` says when not.)
+                    let append = src.is_file()
                         && pr.merge == Some(crate::config::MergeKind::Append)
                         && it
                             .side(from.other())

@@ -21,5 +21,6 @@ pub mod store;
 pub mod undo;
 pub mod validate;
 pub mod verify;
+pub mod watcher;
 
 pub use home::Home;

@@ -541,55 +541,54 @@ pub fn reconcile(
     rules_for: &dyn Fn(&RelPath, bool) -> PathRules,
     ctx: &PairCtx,
 ) -> Vec<Item> {
-    let mut items: Vec<Item> = inputs
-        .into_iter()
-        .map(|(path, inp)| {
-            // The common case of a large tree: nothing changed anywhere.
-            if inp.unreadable.is_none() {
-                if let (Some(base), Some(a), Some(b)) = (&inp.base, &inp.a, &inp.b) {
-                    if base.same_state(a) && base.same_state(b) {
-                        // The base equals both sides: keeping one copy is enough.
-                        return Item {
-                            path,
-                            base: None,
-                            a: inp.a,
-                            b: inp.b,
-                            decision: d(Action::None, "unchanged on both sides"),
-                            rule: String::new(),
-                        };
-                    }
+    let inputs = inputs.into_iter();
+    let mut items: Vec<Item> = Vec::with_capacity(inputs.size_hint().0);
+    items.extend(inputs.map(|(path, inp)| {
+        // The common case of a large tree: nothing changed anywhere.
+        if inp.unreadable.is_none() {
+            if let (Some(base), Some(a), Some(b)) = (&inp.base, &inp.a, &inp.b) {
+                if base.same_state(a) && base.same_state(b) {
+                    // The base equals both sides: keeping one copy is enough.
+                    return Item {
+                        path,
+                        base: None,
+                        a: inp.a,
+                        b: inp.b,
+                        decision: d(Action::None, "unchanged on both sides"),
+                        rule: String::new(),
+                    };
                 }
             }
-            let is_dir = [&inp.a, &inp.b, &inp.base]
-                .iter()
-                .any(|e| e.as_ref().is_some_and(|e| e.is_dir()));
-            let rules = rules_for(&path, is_dir);
-            let decision = match &inp.unreadable {
-                Some(why) => d(
-                    Action::Skip {
-                        reason: why.clone(),
-                    },
-                    why.clone(),
-                ),
-                None => decide(
-                    &path,
-                    inp.base.as_ref(),
-                    inp.a.as_ref(),
-                    inp.b.as_ref(),
-                    &rules,
-                    ctx,
-                ),
-            };
-            Item {
-                path,
-                base: inp.base,
-                a: inp.a,
-                b: inp.b,
-                decision,
-                rule: rules.source,
-            }
-        })
-        .collect();
+        }
+        let is_dir = [&inp.a, &inp.b, &inp.base]
+            .iter()
+            .any(|e| e.as_ref().is_some_and(|e| e.is_dir()));
+        let rules = rules_for(&path, is_dir);
+        let decision = match &inp.unreadable {
+            Some(why) => d(
+                Action::Skip {
+                    reason: why.clone(),
+                },
+                why.clone(),
+            ),
+            None => decide(
+                &path,
+                inp.base.as_ref(),
+                inp.a.as_ref(),
+                inp.b.as_ref(),
+                &rules,
+                ctx,
+            ),
+        };
+        Item {
+            path,
+            base: inp.base,
+            a: inp.a,
+            b: inp.b,
+            decision,
+            rule: rules.source,
+        }
+    }));
     if !items.windows(2).all(|w| w[0].path < w[1].path) {
         items.sort_by(|x, y| x.path.cmp(&y.path));
     }

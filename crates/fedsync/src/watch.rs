@@ -4,6 +4,11 @@
 //! loud (desktop notification, the profile's `on_failure` hook); the state of the watcher
 //! is written to a small health file that `fedsync status` shows.
 //!
+//! A remote (ssh://) replica gets one agent connection for the whole watch: every run uses
+//! it (no ssh per run), and the agent watches its own root with the same watcher code
+//! ([`fedsync_core::watcher`]) and sends what changed over it. A dropped connection is made
+//! again with backoff and jitter, and the next run after that is a full one.
+//!
 //! No sync logic lives here: every run is `engine::sync` with `Options.paths`.
 //!
 //! Tuning (environment, mostly for tests and benchmarks):
@@ -25,10 +30,11 @@ use fedsync_core::engine::{
 };
 use fedsync_core::entry::{Entry, Kind};
 use fedsync_core::path::RelPath;
+use fedsync_core::remote::{RemoteSession, WatchEvent};
 use fedsync_core::rules::Rules;
+use fedsync_core::watcher::{Change, Mode, Prefer, TreeWatch};
 use fedsync_core::Home;
-use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-use notify::{Event, EventKind, RecursiveMode, Watcher};
+use notify::Event;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -160,7 +166,10 @@ pub struct Health {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplicaHealth {
     pub name: String,
-    /// `native`, `polling`, `off`, `remote` (no events: rescans only) or `unavailable`.
+    /// `native`, `polling` (for a remote replica: what its agent runs), `off`, `remote` (an
+    /// agent that cannot watch: rescans only), `connecting` (a remote replica's first
+    /// connection) or `unavailable` (gone, or its agent connection is down and being made
+    /// again).
     pub watcher: String,
 }
 
@@ -407,6 +416,7 @@ enum RepWatch {
     Polling,
     Off,
     Remote,
+    Connecting,
     Unavailable,
 }
 
@@ -417,6 +427,7 @@ impl RepWatch {
             RepWatch::Polling => "polling",
             RepWatch::Off => "off",
             RepWatch::Remote => "remote",
+            RepWatch::Connecting => "connecting",
             RepWatch::Unavailable => "unavailable",
         }
     }
@@ -426,11 +437,48 @@ struct Rep {
     name: String,
     /// Canonical local root (`None` for a remote replica).
     root: Option<PathBuf>,
-    watcher: Option<Box<dyn Watcher>>,
+    tree: Option<TreeWatch>,
     mode: RepWatch,
-    /// Top-level folders with a recursive watch, by inode (the root itself has a flat one,
-    /// so that `.fedsync/` and ignored top-level folders are never watched).
-    top: HashMap<PathBuf, u64>,
+    /// The agent connection of a remote replica.
+    remote: Option<Link>,
+}
+
+/// The persistent connection to a remote replica's agent.
+#[derive(Default)]
+struct Link {
+    session: Option<RemoteSession>,
+    /// Bumped per connection attempt: reports of an older connection are ignored.
+    generation: u64,
+    connecting: bool,
+    /// The first attempt is over (the first run waits for it, to use the connection).
+    tried: bool,
+    /// Failed attempts in a row (the backoff), and when to try again.
+    attempts: u32,
+    retry_at: Option<Instant>,
+    /// It was up before: the next connection catches up with a full run.
+    was_up: bool,
+    said_no_watch: bool,
+}
+
+/// What arrives on the main loop's channel.
+enum Msg {
+    /// A raw event of a local replica's watcher.
+    Fs(usize, notify::Result<Event>),
+    /// From the thread that connects to a remote replica and then relays its agent's
+    /// reports: (replica, generation, what).
+    Remote(usize, u64, RemoteMsg),
+}
+
+enum RemoteMsg {
+    /// The connection is up, with the agent's watcher mode (None: no remote events).
+    Connected(Box<RemoteSession>, Option<String>),
+    Failed(String),
+    Mode(String),
+    Changed {
+        paths: Vec<RelPath>,
+        rescan: bool,
+    },
+    Lost(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -562,8 +610,6 @@ impl Pair {
     }
 }
 
-type Msg = (usize, notify::Result<Event>);
-
 struct Watch<'a> {
     home: &'a Home,
     profile: &'a Profile,
@@ -654,17 +700,26 @@ pub fn watch(home: &Home, p: &Printer, profile: &Profile, args: &WatchArgs) -> R
     let reps = profile
         .replicas
         .iter()
-        .map(|s| Rep {
-            name: s.name.clone(),
-            root: match &s.addr {
+        .map(|s| {
+            let root = match &s.addr {
                 ReplicaAddr::Local(p) => Some(engine::canonical_root(p)),
                 _ => None,
-            },
-            watcher: None,
-            mode: RepWatch::Remote,
-            top: HashMap::new(),
+            };
+            Rep {
+                name: s.name.clone(),
+                remote: root.is_none().then(Link::default),
+                mode: if root.is_some() {
+                    RepWatch::Unavailable
+                } else {
+                    RepWatch::Connecting
+                },
+                root,
+                tree: None,
+            }
         })
         .collect();
+    // The runs of this thread use the remote sessions the watcher keeps open.
+    fedsync_core::remote::reuse_sessions_on_this_thread(true);
     let pairs = (1..profile.replicas.len())
         .map(|k| Pair {
             k,
@@ -730,7 +785,11 @@ pub fn watch(home: &Home, p: &Printer, profile: &Profile, args: &WatchArgs) -> R
     w.run(&rx);
     w.stopped = true;
     for r in &mut w.reps {
-        r.watcher = None;
+        r.tree = None;
+        if let Some(l) = r.remote.as_mut() {
+            // Ends the agent (it saves its scan cache first).
+            l.session = None;
+        }
     }
     w.write_health();
     if !p.quiet && !p.json {
@@ -753,176 +812,54 @@ impl Watch<'_> {
 
     // ----- watchers -----
 
-    /// (Re)create the file-event watcher of replica `i`: native, else polling.
+    /// (Re)create the file-event watcher of replica `i`: native, else polling. A remote
+    /// replica's agent does this on its side (see `connect_remote`).
     fn start_watching(&mut self, i: usize) {
-        let Some(root) = self.reps[i].root.clone() else {
-            self.reps[i].mode = RepWatch::Remote;
-            return;
-        };
-        self.reps[i].watcher = None;
-        self.reps[i].top.clear();
-        if self.tun.events == EventsMode::Off {
-            self.reps[i].mode = RepWatch::Off;
+        if self.reps[i].remote.is_some() {
+            self.connect_remote(i);
             return;
         }
+        let Some(root) = self.reps[i].root.clone() else {
+            return;
+        };
+        self.reps[i].tree = None;
+        let prefer = match self.tun.events {
+            EventsMode::Off => {
+                self.reps[i].mode = RepWatch::Off;
+                return;
+            }
+            EventsMode::Poll => Prefer::Poll,
+            EventsMode::Auto => Prefer::Auto,
+        };
         if !root.is_dir() {
             self.reps[i].mode = RepWatch::Unavailable;
             return;
         }
-        if self.tun.events == EventsMode::Auto {
-            let tx = self.tx.clone();
-            let made = notify::RecommendedWatcher::new(
-                move |ev| {
-                    let _ = tx.send((i, ev));
-                },
-                notify::Config::default().with_follow_symlinks(false),
-            );
-            match made {
-                Ok(w) => {
-                    let mut w: Box<dyn Watcher> = Box::new(w);
-                    match self.watch_tree(&mut *w, &root) {
-                        Ok(top) => {
-                            self.reps[i].watcher = Some(w);
-                            self.reps[i].top = top;
-                            self.reps[i].mode = RepWatch::Native;
-                            return;
-                        }
-                        Err(e) => self.log(&format!(
-                            "replica {}: native file events unavailable ({e}); polling every {} instead",
-                            self.reps[i].name,
-                            humantime::format_duration(self.tun.poll)
-                        )),
-                    }
-                }
-                Err(e) => self.log(&format!(
-                    "replica {}: native file events unavailable ({e}); polling every {} instead",
-                    self.reps[i].name,
-                    humantime::format_duration(self.tun.poll)
-                )),
-            }
-        }
         let tx = self.tx.clone();
-        let made = notify::PollWatcher::new(
-            move |ev| {
-                let _ = tx.send((i, ev));
-            },
-            notify::Config::default()
-                .with_poll_interval(self.tun.poll)
-                .with_follow_symlinks(false),
-        );
-        match made {
-            Ok(w) => {
-                let mut w: Box<dyn Watcher> = Box::new(w);
-                match self.watch_tree(&mut *w, &root) {
-                    Ok(top) => {
-                        self.reps[i].watcher = Some(w);
-                        self.reps[i].top = top;
-                        self.reps[i].mode = RepWatch::Polling;
-                    }
-                    Err(e) => {
-                        self.log(&format!(
-                            "replica {}: cannot watch {} ({e}); only the interval rescan syncs it",
-                            self.reps[i].name,
-                            root.display()
-                        ));
-                        self.reps[i].mode = RepWatch::Off;
-                    }
+        let sink: fedsync_core::watcher::Sink = Arc::new(move |ev| {
+            let _ = tx.send(Msg::Fs(i, ev));
+        });
+        match TreeWatch::start(
+            root.clone(),
+            self.rules.clone(),
+            prefer,
+            self.tun.poll,
+            sink,
+        ) {
+            Ok(tw) => {
+                if let Some(note) = &tw.note {
+                    self.log(&format!("replica {}: {note}", self.reps[i].name));
                 }
+                self.reps[i].mode = mode_of(tw.mode());
+                self.reps[i].tree = Some(tw);
             }
             Err(e) => {
                 self.log(&format!(
-                    "replica {}: no polling watcher ({e}); only the interval rescan syncs it",
+                    "replica {}: {e}; only the interval rescan syncs it",
                     self.reps[i].name
                 ));
                 self.reps[i].mode = RepWatch::Off;
             }
-        }
-    }
-
-    /// A flat watch on the root and a recursive one on each top-level folder that may hold
-    /// synced paths (never `.fedsync/`).
-    fn watch_tree(
-        &self,
-        w: &mut dyn Watcher,
-        root: &Path,
-    ) -> notify::Result<HashMap<PathBuf, u64>> {
-        w.watch(root, RecursiveMode::NonRecursive)?;
-        let mut top = HashMap::new();
-        let rd = std::fs::read_dir(root).map_err(notify::Error::io)?;
-        for de in rd.flatten() {
-            let path = de.path();
-            if let Some(ino) = self.top_dir_wanted(root, &path) {
-                match w.watch(&path, RecursiveMode::Recursive) {
-                    Ok(()) => {
-                        top.insert(path, ino);
-                    }
-                    Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(top)
-    }
-
-    /// The inode of `path` when it is a top-level folder that may hold synced paths.
-    fn top_dir_wanted(&self, root: &Path, path: &Path) -> Option<u64> {
-        let md = std::fs::symlink_metadata(path).ok()?;
-        if !md.is_dir() {
-            return None;
-        }
-        let name = path.strip_prefix(root).ok()?.to_str()?;
-        if name == ".fedsync" {
-            return None;
-        }
-        let rel = RelPath::new(name).ok()?;
-        self.rules.should_descend(&rel).then_some(md.ino())
-    }
-
-    /// A top-level entry appeared, vanished, was renamed or replaced: keep the recursive
-    /// watches in step (notify does this by itself below the top level).
-    fn refresh_top(&mut self, i: usize, path: &Path) {
-        let Some(root) = self.reps[i].root.clone() else {
-            return;
-        };
-        let wanted = self.top_dir_wanted(&root, path);
-        let rep = &mut self.reps[i];
-        let Some(w) = rep.watcher.as_mut() else {
-            return;
-        };
-        let watched = rep.top.get(path).copied();
-        if watched.is_some() && watched == wanted {
-            return;
-        }
-        if watched.is_some() {
-            // Gone or replaced: notify keeps watches by path, so drop the old one.
-            let _ = w.unwatch(path);
-            rep.top.remove(path);
-        }
-        if let Some(ino) = wanted {
-            match w.watch(path, RecursiveMode::Recursive) {
-                Ok(()) => {
-                    rep.top.insert(path.to_path_buf(), ino);
-                }
-                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                    let name = rep.name.clone();
-                    self.log(&format!(
-                        "replica {name}: too many folders for native events; switching to polling"
-                    ));
-                    self.tun_force_poll(i);
-                }
-                Err(_) => {}
-            }
-        }
-    }
-
-    fn tun_force_poll(&mut self, i: usize) {
-        let saved = self.tun.events;
-        self.tun.events = EventsMode::Poll;
-        self.start_watching(i);
-        self.tun.events = saved;
-        for k in self.pairs_of(i) {
-            let now = Instant::now();
-            self.pairs[k].request_full(now);
         }
     }
 
@@ -935,103 +872,264 @@ impl Watch<'_> {
         }
     }
 
+    // ----- remote replicas -----
+
+    /// Connect to the agent of remote replica `i` on a thread of its own (ssh may take a
+    /// while; the other pairs go on meanwhile), have it watch its root, and relay what it
+    /// reports to the main loop.
+    fn connect_remote(&mut self, i: usize) {
+        let Some(link) = self.reps[i].remote.as_mut() else {
+            return;
+        };
+        if link.connecting {
+            return;
+        }
+        link.session = None;
+        link.connecting = true;
+        link.retry_at = None;
+        link.generation += 1;
+        let generation = link.generation;
+        let tx = self.tx.clone();
+        let profile = self.profile.clone();
+        let spec = profile.replicas[i].clone();
+        let rules = self.rules.clone();
+        let (events, poll) = (self.tun.events, self.tun.poll);
+        // The agent only coalesces; the debounce that decides when to run is ours.
+        let debounce = self.tun.debounce.min(Duration::from_millis(100));
+        std::thread::spawn(move || {
+            let send = |m: RemoteMsg| tx.send(Msg::Remote(i, generation, m)).is_ok();
+            let session = match RemoteSession::open(&profile, &spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    send(RemoteMsg::Failed(e));
+                    return;
+                }
+            };
+            if events == EventsMode::Off || !session.can_watch() {
+                send(RemoteMsg::Connected(Box::new(session), None));
+                return;
+            }
+            let watch = match session.watch(&rules, events == EventsMode::Poll, poll, debounce) {
+                Ok(w) => w,
+                Err(e) => {
+                    send(RemoteMsg::Failed(format!("its agent cannot watch: {e}")));
+                    return;
+                }
+            };
+            let mode = watch.mode.clone();
+            if !send(RemoteMsg::Connected(Box::new(session), Some(mode))) {
+                return;
+            }
+            loop {
+                let m = match watch.next() {
+                    WatchEvent::Mode(m) => RemoteMsg::Mode(m),
+                    WatchEvent::Changed { paths, rescan } => RemoteMsg::Changed { paths, rescan },
+                    WatchEvent::Ended(e) => {
+                        send(RemoteMsg::Lost(e));
+                        return;
+                    }
+                };
+                if !send(m) {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn on_remote(&mut self, i: usize, generation: u64, msg: RemoteMsg) {
+        let now = Instant::now();
+        let name = self.reps[i].name.clone();
+        let Some(link) = self.reps[i].remote.as_ref() else {
+            return;
+        };
+        if link.generation != generation {
+            return; // from a connection that was replaced
+        }
+        match msg {
+            RemoteMsg::Connected(session, mode) => {
+                let agent = session.agent_version().to_string();
+                let can_watch = session.can_watch();
+                let link = self.reps[i].remote.as_mut().expect("remote");
+                let again = link.was_up;
+                link.connecting = false;
+                link.tried = true;
+                link.attempts = 0;
+                link.was_up = true;
+                link.session = Some(*session);
+                let say_no_watch = mode.is_none()
+                    && !can_watch
+                    && self.tun.events != EventsMode::Off
+                    && !std::mem::replace(&mut link.said_no_watch, true);
+                self.reps[i].mode = match mode.as_deref() {
+                    Some("polling") => RepWatch::Polling,
+                    Some(_) => RepWatch::Native,
+                    None if self.tun.events == EventsMode::Off => RepWatch::Off,
+                    None => RepWatch::Remote,
+                };
+                if say_no_watch {
+                    self.log(&format!(
+                        "replica {name}: its agent (fedsync {agent}) cannot watch its files; \
+                         changes there are synced by the interval rescan (install this version there)"
+                    ));
+                }
+                if again {
+                    // What changed while the connection was down: a full run finds it.
+                    for k in self.pairs_of(i) {
+                        self.pairs[k].request_full(now);
+                    }
+                    if !self.p.quiet && !self.p.json {
+                        outln!(
+                            "{} replica {name}: connected again ({})",
+                            local_time(),
+                            self.reps[i].mode.name()
+                        );
+                    }
+                }
+                self.write_health();
+            }
+            RemoteMsg::Failed(e) => {
+                let d = self.remote_backoff(i);
+                let link = self.reps[i].remote.as_mut().expect("remote");
+                link.connecting = false;
+                link.tried = true;
+                let first = link.attempts == 1;
+                self.reps[i].mode = RepWatch::Unavailable;
+                if first || self.p.verbose > 0 {
+                    self.log(&format!(
+                        "replica {name}: no agent connection ({e}); trying again in {}",
+                        short_duration(d)
+                    ));
+                }
+                self.write_health();
+            }
+            RemoteMsg::Lost(e) => {
+                if link.session.is_some() {
+                    self.remote_lost(i, &e);
+                }
+            }
+            RemoteMsg::Mode(m) => {
+                self.reps[i].mode = if m == "polling" {
+                    RepWatch::Polling
+                } else {
+                    RepWatch::Native
+                };
+                self.write_health();
+            }
+            RemoteMsg::Changed { paths, rescan } => {
+                if rescan {
+                    for k in self.pairs_of(i) {
+                        self.pairs[k].request_full(now);
+                    }
+                }
+                for p in paths {
+                    self.add_path(i, p, now);
+                }
+            }
+        }
+    }
+
+    /// The agent connection of replica `i` dropped: make it again after a backoff.
+    fn remote_lost(&mut self, i: usize, why: &str) {
+        let d = self.remote_backoff(i);
+        if let Some(link) = self.reps[i].remote.as_mut() {
+            link.session = None;
+            link.connecting = false;
+            // What the old connection's relay still says is stale.
+            link.generation += 1;
+        }
+        self.reps[i].mode = RepWatch::Unavailable;
+        self.log(&format!(
+            "replica {}: the agent connection dropped ({why}); connecting again in {}",
+            self.reps[i].name,
+            short_duration(d)
+        ));
+        self.write_health();
+    }
+
+    /// The next connection attempt of replica `i`, with exponential backoff and jitter.
+    fn remote_backoff(&mut self, i: usize) -> Duration {
+        let Some(link) = self.reps[i].remote.as_mut() else {
+            return Duration::ZERO;
+        };
+        link.attempts = link.attempts.saturating_add(1);
+        let d = backoff_delay(&self.tun, link.attempts);
+        link.retry_at = Some(Instant::now() + d);
+        d
+    }
+
+    /// Connections to make again now; sessions without a remote watch are checked here
+    /// (no relay thread notices when they drop).
+    fn tend_links(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.reps.len() {
+            let Some(link) = self.reps[i].remote.as_ref() else {
+                continue;
+            };
+            if link.connecting {
+                continue;
+            }
+            match &link.session {
+                Some(s) if !s.alive() => self.remote_lost(i, "the agent closed the connection"),
+                Some(_) => {}
+                None if link.retry_at.is_some_and(|t| now >= t) => self.connect_remote(i),
+                None => {}
+            }
+        }
+    }
+
     // ----- events -----
 
     fn on_event(&mut self, i: usize, ev: notify::Result<Event>) {
         let now = Instant::now();
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(e) => {
-                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
-                    && self.reps[i].mode == RepWatch::Native
-                {
-                    self.log(&format!(
-                        "replica {}: too many folders for native events; switching to polling",
-                        self.reps[i].name
-                    ));
-                    self.tun_force_poll(i);
-                } else if self.p.verbose > 0 {
-                    self.log(&format!("replica {}: file events: {e}", self.reps[i].name));
+        let Some(tw) = self.reps[i].tree.as_mut() else {
+            return;
+        };
+        let before = tw.mode();
+        let changes = tw.interpret(ev);
+        let after = self.reps[i].tree.as_ref().map(TreeWatch::mode);
+        for c in changes {
+            match c {
+                Change::Path(rp) => self.add_path(i, rp, now),
+                Change::Rescan => {
+                    for k in self.pairs_of(i) {
+                        self.pairs[k].request_full(now);
+                    }
                 }
-                return;
-            }
-        };
-        if ev.need_rescan() {
-            for k in self.pairs_of(i) {
-                self.pairs[k].request_full(now);
-            }
-            return;
-        }
-        match ev.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
-            EventKind::Access(_) => return,
-            // The combined rename event repeats the From and To events.
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => return,
-            _ => {}
-        }
-        let Some(root) = self.reps[i].root.clone() else {
-            return;
-        };
-        let folder_hint = matches!(
-            ev.kind,
-            EventKind::Create(notify::event::CreateKind::Folder)
-                | EventKind::Remove(notify::event::RemoveKind::Folder)
-        );
-        for path in &ev.paths {
-            let Ok(rel) = path.strip_prefix(&root) else {
-                continue;
-            };
-            let Some(s) = rel.to_str() else {
-                continue; // not UTF-8: never synced
-            };
-            if s.is_empty() {
-                if !root.is_dir() {
-                    // The root itself was moved or deleted: a run finds out and backs off;
-                    // the watch is made again when the replica is back.
-                    self.reps[i].watcher = None;
-                    self.reps[i].top.clear();
+                Change::RootGone => {
+                    // A run finds out and backs off; the watch is made again when the
+                    // replica is back.
+                    self.reps[i].tree = None;
                     self.reps[i].mode = RepWatch::Unavailable;
                     for k in self.pairs_of(i) {
                         self.pairs[k].request_full(now);
                     }
                 }
-                continue;
-            }
-            if s == ".fedsync" || s.starts_with(".fedsync/") {
-                continue;
-            }
-            let Ok(rp) = RelPath::new(s) else {
-                continue;
-            };
-            if rp.depth() == 1 {
-                self.refresh_top(i, path);
-            }
-            if self.excluded(&rp, path, folder_hint) {
-                continue;
-            }
-            // A SQLite journal is part of its database's state: sync them together.
-            let extra = ["-wal", "-shm", "-journal"]
-                .iter()
-                .find_map(|suf| s.strip_suffix(suf))
-                .and_then(|db| RelPath::new(db).ok());
-            for k in self.pairs_of(i) {
-                let side = if i == 0 { 1 } else { 2 };
-                if let Some(db) = &extra {
-                    self.pairs[k].add(db.clone(), side, now);
+                Change::Note(n) => {
+                    if self.p.verbose > 0 || after != Some(before) {
+                        self.log(&format!("replica {}: {n}", self.reps[i].name));
+                    }
                 }
-                self.pairs[k].add(rp.clone(), side, now);
             }
+        }
+        if let (Some(m), Some(_)) = (after, self.reps[i].tree.as_ref()) {
+            self.reps[i].mode = mode_of(m);
         }
     }
 
-    fn excluded(&self, rel: &RelPath, abs: &Path, folder_hint: bool) -> bool {
-        if self.rules.is_excluded(rel, folder_hint) {
-            return true;
+    /// A changed path on replica `i`: pending for every pair it belongs to.
+    fn add_path(&mut self, i: usize, rp: RelPath, now: Instant) {
+        // A SQLite journal is part of its database's state: sync them together.
+        let extra = ["-wal", "-shm", "-journal"]
+            .iter()
+            .find_map(|suf| rp.as_str().strip_suffix(suf))
+            .and_then(|db| RelPath::new(db).ok());
+        let side = if i == 0 { 1 } else { 2 };
+        for k in self.pairs_of(i) {
+            if let Some(db) = &extra {
+                self.pairs[k].add(db.clone(), side, now);
+            }
+            self.pairs[k].add(rp.clone(), side, now);
         }
-        // Folder-only patterns (`build/`): look at what the path is now.
-        !folder_hint
-            && self.rules.is_excluded(rel, true)
-            && std::fs::symlink_metadata(abs).is_ok_and(|m| m.is_dir())
     }
 
     // ----- the loop -----
@@ -1041,11 +1139,13 @@ impl Watch<'_> {
             if self.stopping() {
                 return;
             }
+            self.tend_links();
             let now = Instant::now();
             let due: Vec<(usize, Trigger)> = self
                 .pairs
                 .iter()
                 .enumerate()
+                .filter(|(_, pr)| !self.first_connect_pending(pr.k))
                 .filter_map(|(n, pr)| pr.due(now, &self.tun).map(|t| (n, t)))
                 .collect();
             if due.is_empty() {
@@ -1065,8 +1165,8 @@ impl Watch<'_> {
                     self.write_health();
                 }
                 match rx.recv_timeout(wait) {
-                    Ok((i, ev)) => {
-                        self.on_event(i, ev);
+                    Ok(m) => {
+                        self.on_msg(m);
                         self.drain(rx);
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -1088,6 +1188,24 @@ impl Watch<'_> {
         }
     }
 
+    fn on_msg(&mut self, m: Msg) {
+        match m {
+            Msg::Fs(i, ev) => self.on_event(i, ev),
+            Msg::Remote(i, generation, m) => self.on_remote(i, generation, m),
+        }
+    }
+
+    /// Whether pair `k`'s spoke or the hub is a remote replica whose first connection
+    /// attempt is still under way (its first run waits, to run over that connection).
+    fn first_connect_pending(&self, k: usize) -> bool {
+        [0, k].iter().any(|&i| {
+            self.reps[i]
+                .remote
+                .as_ref()
+                .is_some_and(|l| l.connecting && !l.tried)
+        })
+    }
+
     fn drain(&mut self, rx: &mpsc::Receiver<Msg>) {
         // Bounded, so that a flood of events cannot keep the loop from running.
         for n in 0..1_000_000 {
@@ -1095,7 +1213,7 @@ impl Watch<'_> {
                 return;
             }
             match rx.try_recv() {
-                Ok((i, ev)) => self.on_event(i, ev),
+                Ok(m) => self.on_msg(m),
                 Err(_) => return,
             }
         }
@@ -1113,7 +1231,8 @@ impl Watch<'_> {
 
     /// Pending paths whose current state on the side(s) that reported them equals the base
     /// (our own writes, a temporary file created and removed, a change already synced by
-    /// an earlier run) need no run.
+    /// an earlier run) need no run. The same check for both kinds of replica: a local one
+    /// is looked at on the disk, a remote one asked through its agent connection.
     fn still_changed(&self, n: usize, pending: &BTreeMap<RelPath, u8>) -> BTreeSet<RelPath> {
         let all = || pending.keys().cloned().collect::<BTreeSet<_>>();
         if pending.len() > MAX_CHECKED_PATHS {
@@ -1133,11 +1252,42 @@ impl Watch<'_> {
         let Ok(Some(pair)) = store.find_pair_id(&engine::pair_key(&ida, &idb)) else {
             return all();
         };
-        let roots = [self.reps[0].root.as_deref(), self.reps[k].root.as_deref()];
         let Ok(base) = store.load_base(pair) else {
             return all();
         };
         drop(store);
+        // The current state on each side, of the paths that side reported.
+        let mut states: [HashMap<&RelPath, State>; 2] = [HashMap::new(), HashMap::new()];
+        for (s, &i) in [0, k].iter().enumerate() {
+            let bit = 1u8 << s;
+            let mine: Vec<&RelPath> = pending
+                .iter()
+                .filter(|(_, sides)| **sides & bit != 0)
+                .map(|(p, _)| p)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            if let Some(root) = &self.reps[i].root {
+                states[s] = mine
+                    .into_iter()
+                    .map(|p| (p, local_state(&p.to_fs(root))))
+                    .collect();
+            } else if let Some(session) = self.reps[i]
+                .remote
+                .as_ref()
+                .and_then(|l| l.session.as_ref())
+            {
+                let owned: Vec<RelPath> = mine.iter().map(|p| (*p).clone()).collect();
+                if let Ok(v) = session.entries(&owned) {
+                    states[s] = mine
+                        .into_iter()
+                        .zip(v)
+                        .map(|(p, r)| (p, r.map_err(|_| ())))
+                        .collect();
+                }
+            }
+        }
         pending
             .iter()
             .filter(|(path, sides)| {
@@ -1146,13 +1296,10 @@ impl Watch<'_> {
                     .ok()
                     .map(|i| &base[i].1);
                 let unchanged = [1u8, 2].iter().enumerate().all(|(s, bit)| {
-                    if *sides & bit == 0 {
-                        return true;
-                    }
-                    match roots[s] {
-                        Some(root) => same_as_base(&path.to_fs(root), base),
-                        None => false,
-                    }
+                    *sides & bit == 0
+                        || states[s]
+                            .get(path)
+                            .is_some_and(|cur| same_as_base(cur, base))
                 });
                 !unchanged
             })
@@ -1331,13 +1478,7 @@ impl Watch<'_> {
     fn backoff(&mut self, n: usize) -> Duration {
         let pr = &mut self.pairs[n];
         pr.attempts = pr.attempts.saturating_add(1);
-        let exp = pr.attempts.saturating_sub(1).min(30);
-        let base = self
-            .tun
-            .backoff_min
-            .saturating_mul(1u32 << exp.min(20))
-            .min(self.tun.backoff_max);
-        let d = jitter(base).max(self.tun.backoff_min.min(base));
+        let d = backoff_delay(&self.tun, pr.attempts);
         pr.retry_at = Some(Instant::now() + d);
         pr.next_retry = Some(rfc3339_in(d));
         d
@@ -1349,9 +1490,8 @@ impl Watch<'_> {
         let k = self.pairs[n].k;
         for i in [0, k] {
             let gone = self.reps[i].root.as_ref().is_some_and(|r| !r.is_dir());
-            if gone && !matches!(self.reps[i].mode, RepWatch::Off | RepWatch::Remote) {
-                self.reps[i].watcher = None;
-                self.reps[i].top.clear();
+            if gone && self.reps[i].mode != RepWatch::Off {
+                self.reps[i].tree = None;
                 self.reps[i].mode = RepWatch::Unavailable;
             }
         }
@@ -1670,6 +1810,21 @@ impl Watch<'_> {
     }
 }
 
+/// The wait before the `attempts`-th retry: doubling from the minimum up to the maximum,
+/// with jitter (never below the minimum).
+fn backoff_delay(t: &Tuning, attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(20);
+    let base = t.backoff_min.saturating_mul(1u32 << exp).min(t.backoff_max);
+    jitter(base).max(t.backoff_min.min(base))
+}
+
+fn mode_of(m: Mode) -> RepWatch {
+    match m {
+        Mode::Native => RepWatch::Native,
+        Mode::Polling => RepWatch::Polling,
+    }
+}
+
 /// `d` scaled by a random factor in [0.5, 1] ("equal jitter").
 fn jitter(d: Duration) -> Duration {
     let f: f64 = 0.5 + rand::random::<f64>() * 0.5;
@@ -1721,30 +1876,54 @@ fn summary(p: &PairReport) -> String {
     }
 }
 
-/// Whether `abs` (on a replica) is what the base recorded: no change on this side.
-fn same_as_base(abs: &Path, base: Option<&Entry>) -> bool {
-    match (std::fs::symlink_metadata(abs), base) {
-        (Err(e), None) => e.kind() == std::io::ErrorKind::NotFound,
-        (Err(_), Some(_)) | (Ok(_), None) => false,
-        (Ok(md), Some(b)) => {
-            let ft = md.file_type();
-            if ft.is_dir() {
-                b.kind == Kind::Dir
-            } else if ft.is_file() {
-                b.kind == Kind::File
-                    && b.size == md.len()
-                    && b.mtime == md.mtime() * 1_000_000_000 + md.mtime_nsec()
-                    && (b.mode & 0o111) == (md.mode() & 0o111)
-            } else if ft.is_symlink() {
-                b.kind == Kind::Symlink
-                    && std::fs::read_link(abs)
+/// The state of a path on one replica, unhashed (`Err`: it could not be looked at).
+type State = Result<Option<Entry>, ()>;
+
+/// The state of `abs` on a local replica, as the agent reports it for its own side.
+fn local_state(abs: &Path) -> State {
+    match std::fs::symlink_metadata(abs) {
+        Ok(md) => {
+            let link = if md.file_type().is_symlink() {
+                Some(
+                    std::fs::read_link(abs)
                         .ok()
                         .and_then(|l| l.to_str().map(str::to_string))
-                        == b.link
+                        .ok_or(())?,
+                )
             } else {
-                false
-            }
+                None
+            };
+            // (Sockets, fifos: never synced, so never the base's.)
+            fedsync_core::replica::local::entry_from_meta(&md, link)
+                .map(Some)
+                .ok_or(())
         }
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::NotADirectory =>
+        {
+            Ok(None)
+        }
+        Err(_) => Err(()),
+    }
+}
+
+/// Whether a path's current state is what the base recorded: no change on this side.
+fn same_as_base(cur: &State, base: Option<&Entry>) -> bool {
+    match (cur, base) {
+        (Err(()), _) => false,
+        (Ok(None), None) => true,
+        (Ok(None), Some(_)) | (Ok(Some(_)), None) => false,
+        (Ok(Some(c)), Some(b)) => match c.kind {
+            Kind::Dir => b.kind == Kind::Dir,
+            Kind::File => {
+                b.kind == Kind::File
+                    && b.size == c.size
+                    && b.mtime == c.mtime
+                    && (b.mode & 0o111) == (c.mode & 0o111)
+            }
+            Kind::Symlink => b.kind == Kind::Symlink && c.link == b.link,
+        },
     }
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 /// direction (a connection dropped mid-transfer).
 const FAKE_SSH: &str = r#"#!/bin/sh
 while [ $# -gt 1 ]; do shift; done
+# AGENT_CRASH_AT: the agent (only) kills itself at that crash point.
+if [ -n "$AGENT_CRASH_AT" ]; then export FEDSYNC_CRASH_AT="$AGENT_CRASH_AT"; fi
 if [ -n "$CUT_IN" ]; then
   dd bs=65536 iflag=count_bytes count="$CUT_IN" status=none | sh -c "$1"
 elif [ -n "$CUT_OUT" ]; then
@@ -73,6 +76,16 @@ impl Remote {
 
     fn sync(&self, extra: &[&str]) -> Out {
         self.sync_env(extra, &[])
+    }
+
+    /// Profile NAME: `a` local, `b` this remote; `top` before `[replicas]`, `rest` after.
+    fn profile(&self, name: &str, top: &str, rest: &str) {
+        let text = format!(
+            "{top}\n[replicas]\na = {:?}\nb = {:?}\n\n{rest}\n",
+            self.fx.a_str(),
+            self.url()
+        );
+        self.fx.write_profile(name, &text);
     }
 
     fn sync_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Out {
@@ -613,4 +626,288 @@ fn free_port() -> u16 {
     let p = l.local_addr().unwrap().port();
     drop(l);
     p
+}
+
+// ---------------------------------------------------------------------------------------
+// Versions of a remote replica: rollback, versions, restore, prune
+
+/// (content, mtime) of every file below `root` (without `.fedsync`).
+fn files_with_mtimes(root: &Path) -> Vec<(String, Vec<u8>, (i64, u32))> {
+    contents(root)
+        .keys()
+        .filter(|k| root.join(k).is_file())
+        .map(|k| {
+            let p = root.join(k);
+            (k.clone(), std::fs::read(&p).unwrap(), mtime_of(&p))
+        })
+        .collect()
+}
+
+#[test]
+fn rollback_restores_overwritten_and_deleted_remote_files_byte_exactly() {
+    let r = Remote::new();
+    let fx = &r.fx;
+    r.profile("p", "", "");
+    let big = noise(600_000, 21);
+    fx.write(&fx.a, "docs/big.bin", &big);
+    fx.write(&fx.a, "docs/small.txt", "small, first\n");
+    fx.write(&fx.a, "gone.txt", "deleted later\n");
+    fx.write(&fx.a, "kept.txt", "untouched\n");
+    r.run(&["sync", "p"], &[]).ok();
+    let before = files_with_mtimes(&fx.b);
+
+    // The run under test overwrites, deletes and creates on the remote side.
+    let mut big2 = big.clone();
+    big2[100_000..101_000].copy_from_slice(&noise(1000, 22));
+    fx.write(&fx.a, "docs/big.bin", &big2);
+    fx.write(&fx.a, "docs/small.txt", "small, second\n");
+    std::fs::remove_file(fx.a.join("gone.txt")).unwrap();
+    fx.write(&fx.a, "new/created.txt", "created\n");
+    r.run(&["sync", "p"], &[]).ok();
+    assert_eq!(read_bytes(&fx.b, "docs/big.bin"), big2);
+    assert!(!exists(&fx.b, "gone.txt"));
+    let a_after_run = files_with_mtimes(&fx.a);
+
+    let out = r.run(&["rollback", "p", "--json"], &[]);
+    out.ok();
+    let v = out.json();
+    assert_eq!(v["failed"].as_array().map(Vec::len), Some(0), "{v:#}");
+    assert!(v["done"].as_array().unwrap().len() >= 4, "{v:#}");
+    // The remote files are back, byte for byte and with their mtimes; nothing left over.
+    let mut after = files_with_mtimes(&fx.b);
+    after.retain(|(p, _, _)| !p.starts_with("new"));
+    assert_eq!(after, before);
+    assert!(!exists(&fx.b, "new/created.txt"));
+    assert!(temp_files(&fx.b).is_empty(), "{:?}", temp_files(&fx.b));
+    // The rollback changed only the replica the run changed.
+    assert_eq!(files_with_mtimes(&fx.a), a_after_run);
+    // What the rollback replaced on the remote side is kept there as versions.
+    let vs = versions(&fx.b);
+    assert!(
+        vs.iter()
+            .any(|(run, p)| run == v["run"].as_str().unwrap() && p == "docs/big.bin"),
+        "{vs:?}"
+    );
+
+    // And the rollback itself can be rolled back.
+    r.run(&["rollback", "p"], &[]).ok();
+    assert_eq!(read_bytes(&fx.b, "docs/big.bin"), big2);
+    assert_eq!(read(&fx.b, "docs/small.txt"), "small, second\n");
+    assert!(!exists(&fx.b, "gone.txt"));
+    assert_eq!(read(&fx.b, "new/created.txt"), "created\n");
+}
+
+#[test]
+fn versions_lists_and_restore_puts_back_a_remote_version() {
+    let r = Remote::new();
+    let fx = &r.fx;
+    r.profile("p", "", "");
+    for text in ["one\n", "two\n", "three\n"] {
+        fx.write(&fx.a, "notes/n.md", text);
+        r.run(&["sync", "p"], &[]).ok();
+    }
+    assert_eq!(read(&fx.b, "notes/n.md"), "three\n");
+    let out = r.run(&["versions", "p", "notes/n.md", "--json"], &[]);
+    out.ok();
+    let list = out.json();
+    let rows = list.as_array().unwrap();
+    // "one" and "two" were overwritten on both sides: two versions on each.
+    let remote: Vec<&Value> = rows.iter().filter(|v| v["replica"] == "b").collect();
+    assert_eq!(remote.len(), 2, "{list:#}");
+    for row in &remote {
+        assert_eq!(row["path"], "notes/n.md");
+        assert!(row["location"]
+            .as_str()
+            .unwrap()
+            .starts_with(".fedsync/versions/"));
+    }
+    // Newest first: the oldest is "one".
+    let oldest = remote[1]["version"].as_str().unwrap().to_string();
+    let human = r.run(&["versions", "p", "notes/n.md"], &[]);
+    human.ok();
+    assert!(human.stdout.contains(&oldest), "{human:?}");
+
+    let out = r.run(
+        &[
+            "restore",
+            "p",
+            "notes/n.md",
+            "--version",
+            &oldest,
+            "--replica",
+            "b",
+            "--json",
+        ],
+        &[],
+    );
+    out.ok();
+    assert_eq!(read(&fx.b, "notes/n.md"), "one\n");
+    assert_eq!(read(&fx.a, "notes/n.md"), "three\n");
+    // The restore is itself kept: "three" is now a version on the remote side.
+    let out = r.run(&["versions", "p", "notes/n.md", "--json"], &[]);
+    let n = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["replica"] == "b")
+        .count();
+    assert_eq!(n, 3, "{out:?}");
+    // The next sync carries the restored content to the other side.
+    r.run(&["sync", "p"], &[]).ok();
+    assert_eq!(read(&fx.a, "notes/n.md"), "one\n");
+}
+
+#[test]
+fn prune_removes_remote_versions() {
+    let r = Remote::new();
+    let fx = &r.fx;
+    r.profile("p", "", "");
+    for i in 0..4 {
+        fx.write(&fx.a, "f.txt", format!("version {i}\n"));
+        fx.write(&fx.a, "sub/g.txt", format!("g {i}\n"));
+        r.run(&["sync", "p"], &[]).ok();
+    }
+    let kept = |root: &Path, p: &str| versions(root).iter().filter(|(_, q)| q == p).count();
+    assert_eq!(kept(&fx.b, "f.txt"), 3);
+    assert_eq!(kept(&fx.b, "sub/g.txt"), 3);
+    r.profile("p", "versions = { keep = 1 }", "");
+    let out = r.run(&["prune", "p", "--dry-run", "--json"], &[]);
+    out.ok();
+    // Two of each file on b (a, the source of every change, kept none).
+    assert_eq!(out.json()["removed"], 4, "{out:?}");
+    assert_eq!(kept(&fx.b, "f.txt"), 3, "a dry run removes nothing");
+    let out = r.run(&["prune", "p", "--json"], &[]);
+    out.ok();
+    let v = out.json();
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0), "{v:#}");
+    assert_eq!(kept(&fx.b, "f.txt"), 1);
+    assert_eq!(kept(&fx.b, "sub/g.txt"), 1);
+    // The newest one stays.
+    let (run, _) = versions(&fx.b)
+        .into_iter()
+        .find(|(_, p)| p == "f.txt")
+        .unwrap();
+    assert_eq!(version_content(&fx.b, &run, "f.txt"), "version 2\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// Append-only logs appended in place on the remote side
+
+const APPEND_RULE: &str = "[[rule]]\npaths = [\"logs/*.log\"]\nmerge = \"append\"\n";
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().ino()
+}
+
+#[test]
+fn a_grown_log_is_appended_in_place_on_the_remote_side_and_rollback_cuts_it_back() {
+    let r = Remote::new();
+    let fx = &r.fx;
+    r.profile("p", "", APPEND_RULE);
+    let mut log = noise(5 << 20, 31);
+    fx.write(&fx.a, "logs/app.log", &log);
+    r.run(&["sync", "p"], &[]).ok();
+    let ino = inode(&fx.b.join("logs/app.log"));
+    let old = log.clone();
+
+    let tail = noise(1 << 20, 32);
+    log.extend_from_slice(&tail);
+    fx.append(&fx.a, "logs/app.log", &tail);
+    let out = r.run(&["sync", "p", "--json"], &[]);
+    out.ok();
+    let (sent, _) = wire(&out);
+    assert!(
+        sent < (1 << 20) + 64_000,
+        "sent {sent} for a 1 MiB append: {out:?}"
+    );
+    assert_eq!(read_bytes(&fx.b, "logs/app.log"), log);
+    // In place: the same file, no copy of the old content kept as a version.
+    assert_eq!(
+        inode(&fx.b.join("logs/app.log")),
+        ino,
+        "the log was rewritten"
+    );
+    assert!(
+        !versions(&fx.b).iter().any(|(_, p)| p == "logs/app.log"),
+        "{:?}",
+        versions(&fx.b)
+    );
+    assert_eq!(
+        mtime_of(&fx.a.join("logs/app.log")),
+        mtime_of(&fx.b.join("logs/app.log"))
+    );
+    assert!(temp_files(&fx.b).is_empty(), "{:?}", temp_files(&fx.b));
+    let nothing = r.run(&["sync", "p"], &[]);
+    nothing.ok();
+    assert!(nothing.stdout.contains("nothing to do"), "{nothing:?}");
+
+    // Rollback cuts the remote log back to its old length (the longer one is kept).
+    let out = r.run(&["rollback", "p", "--json"], &[]);
+    out.ok();
+    assert_eq!(read_bytes(&fx.b, "logs/app.log"), old);
+    assert!(versions(&fx.b).iter().any(|(_, p)| p == "logs/app.log"));
+}
+
+/// The agent's crash point after each tail piece it writes (1 MiB each).
+const PIECE_CRASH: &str = "2";
+
+#[test]
+fn an_append_cut_short_is_undone_and_the_next_run_completes_it() {
+    for how in ["transport cut", "agent killed"] {
+        let r = Remote::new();
+        let fx = &r.fx;
+        r.profile("p", "", APPEND_RULE);
+        let mut log = noise(3 << 20, 41);
+        fx.write(&fx.a, "logs/app.log", &log);
+        r.run(&["sync", "p"], &[]).ok();
+        let old = log.clone();
+        let old_mtime = mtime_of(&fx.b.join("logs/app.log"));
+        let ino = inode(&fx.b.join("logs/app.log"));
+        let tail = noise(4 << 20, 42);
+        log.extend_from_slice(&tail);
+        fx.append(&fx.a, "logs/app.log", &tail);
+
+        let env: &[(&str, &str)] = if how == "transport cut" {
+            &[("CUT_IN", "2000000")]
+        } else {
+            &[("AGENT_CRASH_AT", PIECE_CRASH)]
+        };
+        let out = r.run(&["sync", "p"], env);
+        assert_ne!(out.code, 0, "{how}: the cut run cannot succeed: {out:?}");
+        let len = std::fs::metadata(fx.b.join("logs/app.log")).unwrap().len();
+        if how == "transport cut" {
+            // The agent saw the end of its input and cut the log back itself.
+            assert_eq!(read_bytes(&fx.b, "logs/app.log"), old, "{how}");
+            assert_eq!(mtime_of(&fx.b.join("logs/app.log")), old_mtime, "{how}");
+            assert!(
+                temp_files(&fx.b).is_empty(),
+                "{how}: {:?}",
+                temp_files(&fx.b)
+            );
+        } else {
+            // A killed agent leaves a half-written tail and its journal.
+            assert!(
+                len > old.len() as u64 && len < log.len() as u64,
+                "{how}: {len} bytes: {out:?}"
+            );
+            assert!(
+                temp_files(&fx.b).iter().any(|n| n.starts_with("append-")),
+                "{how}: {:?}",
+                temp_files(&fx.b)
+            );
+        }
+        let out = r.run(&["sync", "p"], &[]);
+        out.ok();
+        assert_eq!(read_bytes(&fx.b, "logs/app.log"), log, "{how}");
+        assert_eq!(inode(&fx.b.join("logs/app.log")), ino, "{how}");
+        assert!(
+            temp_files(&fx.b).is_empty(),
+            "{how}: {:?}",
+            temp_files(&fx.b)
+        );
+        let (sent, _) = wire(&out);
+        assert!(sent < (4 << 20) + 100_000, "{how}: sent {sent}");
+    }
 }

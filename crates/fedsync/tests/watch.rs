@@ -668,3 +668,267 @@ fn pairs_are_independent_and_changes_cross_the_hub() {
     });
     assert_eq!(w.terminate(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// A remote replica: `b` reached as ssh://testhost/<b> through a stand-in for ssh that runs
+// the remote command here. It records the pid of every agent it starts (the process itself:
+// `exec` all the way), and refuses to connect while the file `ssh-down` exists.
+
+const WATCH_SSH: &str = r#"#!/bin/sh
+while [ $# -gt 1 ]; do shift; done
+if [ -e "$SSH_DOWN" ]; then
+  echo "ssh: connect to host testhost port 22: Connection refused" >&2
+  exit 255
+fi
+echo $$ >> "$AGENT_PIDS"
+exec sh -c "exec $1"
+"#;
+
+struct RemoteFx {
+    fx: Fx,
+    ssh: PathBuf,
+    pids: PathBuf,
+    down: PathBuf,
+}
+
+impl RemoteFx {
+    fn new() -> RemoteFx {
+        use std::os::unix::fs::PermissionsExt;
+        let fx = Fx::new();
+        let ssh = fx.dir.join("fake-ssh");
+        std::fs::write(&ssh, WATCH_SSH).unwrap();
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let text = format!(
+            "remote_cmd = {:?}\n\n[replicas]\na = {:?}\nb = \"ssh://testhost{}\"\n",
+            env!("CARGO_BIN_EXE_fedsync"),
+            fx.a_str(),
+            fx.b_str()
+        );
+        fx.write_profile("r", &text);
+        let (pids, down) = (fx.dir.join("agent-pids"), fx.dir.join("ssh-down"));
+        RemoteFx {
+            fx,
+            ssh,
+            pids,
+            down,
+        }
+    }
+
+    fn watch(&self, args: &[&str], env: &[(&str, &str)]) -> WatchProc {
+        let mut all: Vec<(&str, &str)> = vec![
+            ("FEDSYNC_SSH", self.ssh.to_str().unwrap()),
+            ("AGENT_PIDS", self.pids.to_str().unwrap()),
+            ("SSH_DOWN", self.down.to_str().unwrap()),
+        ];
+        all.extend_from_slice(env);
+        watch(&self.fx, "r", args, &all)
+    }
+
+    /// The agents started so far (pids, in order).
+    fn agents(&self) -> Vec<u32> {
+        std::fs::read_to_string(&self.pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+fn remote_watcher(w: &WatchProc) -> Value {
+    w.health()["replicas"][1]["watcher"].clone()
+}
+
+#[test]
+fn remote_edits_creates_deletes_and_renames_arrive_by_the_agents_events() {
+    let r = RemoteFx::new();
+    let fx = &r.fx;
+    fx.write(&fx.a, "doc.txt", "v1");
+    fx.write(&fx.b, "old.txt", "old");
+    fx.write(&fx.b, "r1.txt", "moving");
+    fx.write(&fx.b, "dir1/inner/deep.txt", "deep");
+    // No interval rescan during the test: only the agent's events can bring these.
+    let mut w = r.watch(&["--interval", "1h"], &[]);
+    w.wait_started();
+    assert!(has(&fx.b, "doc.txt", "v1") && has(&fx.a, "dir1/inner/deep.txt", "deep"));
+    w.wait_for("the agent's native watcher", |w| {
+        remote_watcher(w) == "native"
+    });
+
+    fx.write(&fx.b, "doc.txt", "v2 from the remote side");
+    w.wait_for("the remote edit on A", |_| {
+        has(&fx.a, "doc.txt", "v2 from the remote side")
+    });
+    fx.write(&fx.b, "notes/new.md", "created remotely");
+    w.wait_for("the remote create on A", |_| {
+        has(&fx.a, "notes/new.md", "created remotely")
+    });
+    std::fs::remove_file(fx.b.join("old.txt")).unwrap();
+    w.wait_for("the remote delete on A", |_| !exists(&fx.a, "old.txt"));
+    std::fs::rename(fx.b.join("r1.txt"), fx.b.join("r2.txt")).unwrap();
+    w.wait_for("the remote rename on A", |_| {
+        has(&fx.a, "r2.txt", "moving") && !exists(&fx.a, "r1.txt")
+    });
+    std::fs::rename(fx.b.join("dir1"), fx.b.join("dir2")).unwrap();
+    w.wait_for("the remote folder rename on A", |_| {
+        has(&fx.a, "dir2/inner/deep.txt", "deep") && !exists(&fx.a, "dir1")
+    });
+    fx.write(&fx.b, "dir2/inner/deep.txt", "edited in the renamed folder");
+    w.wait_for("an edit inside the renamed remote folder", |_| {
+        has(&fx.a, "dir2/inner/deep.txt", "edited in the renamed folder")
+    });
+    // And the local side still reaches the remote one.
+    fx.write(&fx.a, "doc.txt", "v3 from a");
+    w.wait_for("A's edit on B", |_| has(&fx.b, "doc.txt", "v3 from a"));
+    w.wait_quiet(Duration::from_millis(1500));
+    assert_eq!(contents(&fx.a), contents(&fx.b));
+    // One agent for all these runs: no ssh per run.
+    let runs = w.runs();
+    assert!(runs >= 8, "{runs} runs\n{}", w.log());
+    assert_eq!(r.agents().len(), 1, "{:?}\n{}", r.agents(), w.log());
+
+    let st = fx.run(&["status", "r", "--json"]);
+    let v = st.json();
+    assert_eq!(v["watch"]["replicas"][1]["name"], "b", "{v:#}");
+    assert_eq!(v["watch"]["replicas"][1]["watcher"], "native", "{v:#}");
+    assert_eq!(w.terminate(), 0);
+    // The agent ends with the watch.
+    w.wait_for_agent_exit(&r.agents());
+}
+
+impl WatchProc {
+    /// Every agent in `pids` has exited (a stopped watch leaves no agent behind).
+    fn wait_for_agent_exit(&self, pids: &[u32]) {
+        let start = Instant::now();
+        while pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p))
+        {
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "an agent outlived the watch: {pids:?}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+fn the_remote_polling_watcher_is_used_when_asked() {
+    let r = RemoteFx::new();
+    let fx = &r.fx;
+    fx.write(&fx.a, "x.txt", "x");
+    let mut w = r.watch(
+        &["--interval", "1h"],
+        &[
+            ("FEDSYNC_WATCH_EVENTS", "poll"),
+            ("FEDSYNC_WATCH_POLL_MS", "200"),
+        ],
+    );
+    w.wait_started();
+    w.wait_for("the agent's polling watcher", |w| {
+        remote_watcher(w) == "polling"
+    });
+    fx.write(&fx.b, "sub/polled.txt", "seen by the agent's polling");
+    w.wait_for("the remotely polled change on A", |_| {
+        has(&fx.a, "sub/polled.txt", "seen by the agent's polling")
+    });
+    assert_eq!(w.terminate(), 0);
+}
+
+#[test]
+fn no_echo_loop_with_a_remote_replica() {
+    let r = RemoteFx::new();
+    let fx = &r.fx;
+    for i in 0..20 {
+        fx.write(&fx.a, &format!("d/f{i}.txt"), format!("file {i}"));
+    }
+    let mut w = r.watch(&["--interval", "1h"], &[]);
+    w.wait_started();
+    w.wait_for("the agent's watcher", |w| remote_watcher(w) == "native");
+    let before = w.wait_quiet(Duration::from_millis(2000));
+
+    // A local edit is written on the remote side: the agent sees that write and reports
+    // it; it must not come back as a run.
+    fx.write(&fx.a, "d/f3.txt", "edited once");
+    w.wait_for("the edit on B", |_| has(&fx.b, "d/f3.txt", "edited once"));
+    let mid = w.wait_quiet(Duration::from_millis(2500));
+    assert_eq!(
+        mid - before,
+        1,
+        "{} runs for one local edit: an echo from the remote side?\n{}",
+        mid - before,
+        w.log()
+    );
+    // A remote create is written on the local side: no run back either.
+    fx.write(&fx.b, "e/new.txt", "created once");
+    w.wait_for("the create on A", |_| {
+        has(&fx.a, "e/new.txt", "created once")
+    });
+    let after = w.wait_quiet(Duration::from_millis(2500));
+    eprintln!("runs for two changes: {}\n{}", after - before, w.log());
+    assert!(
+        after - mid <= 2,
+        "{} runs for one remote create: an echo loop?\n{}",
+        after - mid,
+        w.log()
+    );
+    assert_eq!(watch_runs_in_log(fx, "r") as u64, after, "{}", w.log());
+    assert_eq!(r.agents().len(), 1);
+    assert_eq!(w.terminate(), 0);
+}
+
+#[test]
+fn a_dropped_agent_connection_is_made_again_and_catches_up() {
+    let r = RemoteFx::new();
+    let fx = &r.fx;
+    fx.write(&fx.a, "x.txt", "x");
+    let mut w = r.watch(&["--interval", "1h"], &[]);
+    w.wait_started();
+    w.wait_for("the agent's watcher", |w| remote_watcher(w) == "native");
+    let first = r.agents();
+    assert_eq!(first.len(), 1);
+
+    // The connection drops and cannot be made for a while (the host is down).
+    std::fs::write(&r.down, "").unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-KILL", &first[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    w.wait_for("the replica to be reported unavailable", |w| {
+        remote_watcher(w) == "unavailable"
+    });
+    // Changes on the remote side while nothing listens there.
+    fx.write(&fx.b, "x.txt", "edited while disconnected");
+    fx.write(&fx.b, "made-offline.txt", "created while disconnected");
+    // A few attempts fail (backoff), then the host is back.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(w.still_running());
+    std::fs::remove_file(&r.down).unwrap();
+    w.wait_for("the changes made while disconnected", |_| {
+        has(&fx.a, "x.txt", "edited while disconnected")
+            && has(&fx.a, "made-offline.txt", "created while disconnected")
+    });
+    w.wait_for("the agent's watcher again", |w| {
+        remote_watcher(w) == "native"
+    });
+    assert_eq!(r.agents().len(), 2, "{:?}\n{}", r.agents(), w.log());
+    assert!(w.log().contains("connected again"), "{}", w.log());
+    // And events flow over the new connection.
+    fx.write(&fx.b, "after.txt", "after the reconnection");
+    w.wait_for("a remote change after the reconnection", |_| {
+        has(&fx.a, "after.txt", "after the reconnection")
+    });
+    assert_eq!(w.terminate(), 0);
+}

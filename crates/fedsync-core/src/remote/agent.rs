@@ -2,9 +2,14 @@
 //! at a time, with the same `LocalReplica` code that serves local folders, so every safety
 //! check (re-check before replace, versions, symlinked parents) holds on the remote side.
 //!
-//! Everything the client sends is untrusted: paths go through `RelPath`, tokens and run
-//! ids are checked for shape, a push may not grow past the size it announced, and a
-//! malformed frame ends the session with an error instead of a panic.
+//! Everything the client sends is untrusted: paths go through `RelPath` (and never name
+//! `.fedsync/`), tokens and run ids are checked for shape, version ids must lie in the
+//! versions folder without passing through a symlink, a push may not grow past the size it
+//! announced, and a malformed frame ends the session with an error instead of a panic.
+//!
+//! A session may outlive many runs (`fedsync watch` keeps one per remote replica): the agent
+//! then also watches its root and sends the changes on the `Watch` request's id, from a
+//! thread of its own, between the answers of the main loop.
 
 use super::delta::{self, Builder};
 use super::proto::*;
@@ -16,18 +21,57 @@ use crate::replica::local::{LocalReplica, META_DIR, RACY_NS};
 use crate::replica::{Replica, ReplicaError, ScanOptions, Staged};
 use crate::rules::Rules;
 use crate::store::{Cached, Store};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 const CACHE_DB: &str = "agent-cache.db";
 const CACHE_KEY: &str = "agent";
 
+/// Name prefix of the journal an in-place append keeps in `.fedsync/tmp` while it runs.
+pub const APPEND_PREFIX: &str = "append-";
+
 enum Handle {
     Read(File),
     Push(Box<Push>),
+    Append(Box<Appending>),
     Failed(WError),
+}
+
+/// An append in place, between `AppendBegin` and `AppendEnd`.
+struct Appending {
+    path: RelPath,
+    /// Opened for appending (the same inode the re-check looked at).
+    file: File,
+    old: Entry,
+    meta: Entry,
+    written: u64,
+    /// The journal (locked while this session lives): how to cut the file back if the
+    /// agent dies before the append is checked.
+    journal: (PathBuf, File),
+    err: Option<ReplicaError>,
+}
+
+/// What the journal of an in-place append records.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AppendJournal {
+    path: String,
+    old_len: u64,
+    old_mtime: i64,
+    old_hash: String,
+    new_len: u64,
+    new_hash: String,
+}
+
+/// The agent's own file watcher (one per session).
+struct WatchThread {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
 }
 
 struct Push {
@@ -46,6 +90,9 @@ type Scanned<'a> = (&'a [(RelPath, Entry)], &'a [RelPath], i64, usize);
 struct Agent {
     rep: LocalReplica,
     root: PathBuf,
+    /// The writer, shared with the watch thread.
+    shared: Arc<Mutex<FrameWriter>>,
+    watch: Option<WatchThread>,
     handles: HashMap<u32, Handle>,
     /// Files of the last scan: (size, mtime, hash), to answer `Hashes` and to know a push
     /// basis's hash without reading it.
@@ -58,8 +105,17 @@ fn perr(msg: impl Into<String>) -> WError {
     WError::protocol(msg)
 }
 
+/// A path of the synced tree from the client: valid, and not in the agent's own folder
+/// (scans never list `.fedsync/`, so no honest client names it).
 fn rel(s: &str) -> Result<RelPath, WError> {
-    RelPath::new(s).map_err(|e| perr(format!("refused path from the client: {e}")))
+    let p = RelPath::new(s).map_err(|e| perr(format!("refused path from the client: {e}")))?;
+    let first = p.as_str().split('/').next().unwrap_or("");
+    if first.eq_ignore_ascii_case(META_DIR) {
+        return Err(perr(format!(
+            "refused path from the client: {s}: {META_DIR}/ is fedsync's own folder"
+        )));
+    }
+    Ok(p)
 }
 
 fn entry(w: &WEntry) -> Result<Entry, WError> {
@@ -130,26 +186,37 @@ pub fn serve_io(
         .and_then(|_| out.flush())
         .map_err(|e| e.to_string())?;
     let mut r = FrameReader::new(input, zstd).map_err(|e| e.to_string())?;
-    let mut w = FrameWriter::new(Box::new(out), zstd).map_err(|e| e.to_string())?;
+    let w = FrameWriter::new(Box::new(out), zstd).map_err(|e| e.to_string())?;
     let mut agent = Agent {
         rep: LocalReplica::new(root.clone(), root.display().to_string()),
         root,
+        shared: Arc::new(Mutex::new(w)),
+        watch: None,
         handles: HashMap::new(),
         last_scan: HashMap::new(),
         cache_rows: Vec::new(),
     };
+    // An append an earlier agent could not finish (killed, or its machine went down).
+    agent.heal_appends();
+    let shared = agent.shared.clone();
     let result = (|| -> Result<(), String> {
         loop {
             let frame: Frame<Req> = match r.recv() {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
                 Err(e) => {
+                    let mut w = shared.lock().expect("lock");
                     let _ = w.send(0, &Resp::Err(perr(e.to_string())));
                     let _ = w.flush();
                     return Err(format!("bad input from the client: {e}"));
                 }
             };
             let bye = matches!(frame.body, Req::Bye);
+            if bye || matches!(frame.body, Req::Watch { .. }) {
+                // (Not under the writer lock: the watch thread may be waiting for it.)
+                agent.stop_watching();
+            }
+            let mut w = shared.lock().expect("lock");
             agent
                 .handle(frame.id, frame.body, &mut w)
                 .map_err(|e| format!("cannot write to the client: {e}"))?;
@@ -158,9 +225,10 @@ pub fn serve_io(
             }
         }
     })();
+    agent.stop_watching();
     agent.abandon_pushes();
     agent.save_cache(None);
-    let _ = w.flush();
+    let _ = shared.lock().expect("lock").flush();
     result
 }
 
@@ -238,14 +306,28 @@ impl Agent {
         self.last_scan.remove(p.as_str());
     }
 
-    /// Keep what partial pushes received (the next run resumes from it).
+    /// Keep what partial pushes received (the next run resumes from it); cut unfinished
+    /// appends back to their old content.
     fn abandon_pushes(&mut self) {
         for (_, h) in self.handles.drain() {
-            if let Handle::Push(p) = h {
-                if let Some(b) = p.out {
-                    b.abandon();
+            match h {
+                Handle::Push(p) => {
+                    if let Some(b) = p.out {
+                        b.abandon();
+                    }
                 }
+                Handle::Append(a) => cut_back(&a),
+                _ => {}
             }
+        }
+    }
+
+    /// Stop the watch thread (never while holding the writer lock: the thread may be
+    /// waiting for it).
+    fn stop_watching(&mut self) {
+        if let Some(wt) = self.watch.take() {
+            wt.stop.store(true, Ordering::Relaxed);
+            let _ = wt.thread.join();
         }
     }
 
@@ -406,10 +488,14 @@ impl Agent {
                 reply(w, Resp::SigsEnd)
             }
             Req::Close { handle } => {
-                if let Some(Handle::Push(p)) = self.handles.remove(&handle) {
-                    if let Some(b) = p.out {
-                        b.abandon();
+                match self.handles.remove(&handle) {
+                    Some(Handle::Push(p)) => {
+                        if let Some(b) = p.out {
+                            b.abandon();
+                        }
                     }
+                    Some(Handle::Append(a)) => cut_back(&a),
+                    _ => {}
                 }
                 reply(w, Resp::Ok)
             }
@@ -426,18 +512,15 @@ impl Agent {
                 let r = match &h {
                     Handle::Failed(e) => Resp::Err(e.clone()),
                     Handle::Push(p) => Resp::PushReady(self.basis_info(p)),
-                    Handle::Read(_) => Resp::Ok,
+                    Handle::Read(_) | Handle::Append(_) => Resp::Ok,
                 };
-                if let Some(Handle::Push(old)) = self.handles.insert(handle, h) {
-                    if let Some(b) = old.out {
-                        b.abandon();
-                    }
-                }
+                self.replace_handle(handle, h);
                 reply(w, r)
             }
             Req::PushData { handle, ops } => {
                 match self.handles.get_mut(&handle) {
                     Some(Handle::Push(p)) => push_data(p, ops),
+                    Some(Handle::Append(a)) => append_data(a, ops),
                     Some(Handle::Failed(_)) => {}
                     _ => {
                         self.handles
@@ -610,7 +693,389 @@ impl Agent {
                 self.save_cache(None);
                 reply(w, Resp::Ok)
             }
+            Req::ListVersions { path } => {
+                let p = match path.as_deref().map(rel).transpose() {
+                    Ok(p) => p,
+                    Err(e) => return reply(w, Resp::Err(e)),
+                };
+                let list = match self.rep.list_versions(p.as_ref()) {
+                    Ok(l) => l,
+                    Err(e) => return reply(w, rerr(e)),
+                };
+                // (A listing that looked through a symlink kept in the versions folder
+                // would describe files outside it: left out.)
+                let list: Vec<WVersion> = list
+                    .iter()
+                    .filter(|v| self.version_file(&v.id).is_ok())
+                    .map(WVersion::from_info)
+                    .collect();
+                for batch in list.chunks(SCAN_BATCH) {
+                    w.send(id, &Resp::Versions(batch.to_vec()))?;
+                }
+                reply(w, Resp::VersionsEnd)
+            }
+            Req::StageVersion(vid) => {
+                let r = match self.version_file(&vid) {
+                    Err(e) => Resp::Err(e),
+                    Ok(_) => match self.rep.stage_version(&vid) {
+                        Ok(s) => Resp::Staged {
+                            token: s.token,
+                            hash: s.hash.map(|h| h.0),
+                        },
+                        Err(e) => rerr(e),
+                    },
+                };
+                reply(w, r)
+            }
+            Req::RemoveVersion(vid) => {
+                let r = match self.version_file(&vid) {
+                    Err(e) => Resp::Err(e),
+                    Ok(_) => match self.rep.remove_version(&vid) {
+                        Ok(n) => Resp::Count(n),
+                        Err(e) => rerr(e),
+                    },
+                };
+                reply(w, r)
+            }
+            Req::StagePrefix { path, len } => {
+                let r = match self.stage_prefix(&path, len) {
+                    Ok(s) => Resp::Staged {
+                        token: s.token,
+                        hash: s.hash.map(|h| h.0),
+                    },
+                    Err(e) => Resp::Err(e),
+                };
+                reply(w, r)
+            }
+            Req::AppendBegin {
+                handle,
+                path,
+                expect,
+                meta,
+            } => {
+                let (h, r) = match self.append_begin(&path, &expect, &meta) {
+                    Ok(a) => (Handle::Append(Box::new(a)), Resp::Ok),
+                    Err(e) => (Handle::Failed(e.clone()), Resp::Err(e)),
+                };
+                self.replace_handle(handle, h);
+                reply(w, r)
+            }
+            Req::AppendEnd { handle } => {
+                let r = match self.handles.remove(&handle) {
+                    Some(Handle::Append(a)) => {
+                        let p = a.path.clone();
+                        match append_end(*a, &self.root) {
+                            Ok(e) => {
+                                self.wrote(&p, &e);
+                                Resp::Changed {
+                                    entry: WEntry::from_entry(&e),
+                                    version: None,
+                                }
+                            }
+                            Err(e) => rerr(e),
+                        }
+                    }
+                    Some(Handle::Failed(e)) => Resp::Err(e),
+                    _ => Resp::Err(perr("end of an unknown append")),
+                };
+                reply(w, r)
+            }
+            Req::Watch {
+                paths,
+                ignore,
+                poll,
+                poll_ms,
+                debounce_ms,
+            } => {
+                let r = match self.start_watching(id, paths, ignore, poll, poll_ms, debounce_ms) {
+                    Ok(mode) => Resp::WatchMode(mode.to_string()),
+                    Err(e) => Resp::Err(e),
+                };
+                reply(w, r)
+            }
+            Req::Entries(paths) => {
+                let v = paths
+                    .iter()
+                    .map(|s| {
+                        let p = rel(s).map_err(|e| e.message)?;
+                        self.rep
+                            .entry(&p, false)
+                            .map(|e| e.as_ref().map(WEntry::from_entry))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect();
+                reply(w, Resp::Entries(v))
+            }
+            Req::Checkpoint => {
+                self.save_cache(None);
+                reply(w, Resp::Ok)
+            }
         }
+    }
+
+    /// Install `h` under `handle`, ending what was there.
+    fn replace_handle(&mut self, handle: u32, h: Handle) {
+        match self.handles.insert(handle, h) {
+            Some(Handle::Push(old)) => {
+                if let Some(b) = old.out {
+                    b.abandon();
+                }
+            }
+            Some(Handle::Append(a)) => cut_back(&a),
+            _ => {}
+        }
+    }
+
+    /// The file of version `id` from the client, checked: `.fedsync/versions/<run>/<path>`
+    /// with no `..`, and every folder on the way a real folder. A kept symlink (the engine
+    /// keeps links as links) must not turn `<run>/link/x` into a path outside the root.
+    fn version_file(&self, id: &str) -> Result<PathBuf, WError> {
+        let bad = |why: &str| perr(format!("refused version id from the client: {id:?}: {why}"));
+        let rest = id
+            .strip_prefix(META_DIR)
+            .and_then(|r| r.strip_prefix("/versions/"))
+            .ok_or_else(|| bad("not in the versions folder"))?;
+        let p = RelPath::new(rest).map_err(|e| bad(&e.to_string()))?;
+        if p.depth() < 2 {
+            return Err(bad("not a version id"));
+        }
+        let vdir = self.root.join(META_DIR).join("versions");
+        let real_dir = |d: &Path| {
+            std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir() && !m.file_type().is_symlink())
+        };
+        if !real_dir(&self.root.join(META_DIR)) || !real_dir(&vdir) {
+            return Err(bad("no versions folder"));
+        }
+        for anc in p.ancestors() {
+            if !real_dir(&vdir.join(anc)) {
+                return Err(bad("a folder on the way is not a real folder"));
+            }
+        }
+        Ok(vdir.join(p.as_str()))
+    }
+
+    /// Stage the first `len` bytes of a regular file (never through a symlink).
+    fn stage_prefix(&self, path: &str, len: u64) -> Result<Staged, WError> {
+        let p = rel(path)?;
+        if p.is_root() {
+            return Err(perr("the root is not a file"));
+        }
+        let f = self
+            .rep
+            .open_regular(&p)
+            .map_err(|e| WError::from_err(&e))?;
+        let md = f
+            .metadata()
+            .map_err(|e| WError::from_err(&crate::replica::io_err(&p)(e)))?;
+        if md.len() < len {
+            return Err(WError::from_err(&crate::replica::io_err(&p)(
+                io::Error::other("the file is shorter than its old length"),
+            )));
+        }
+        self.rep
+            .stage_local(&mut |tmp: &Path| {
+                use std::os::unix::fs::PermissionsExt;
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(tmp)?;
+                let n = io::copy(&mut (&f).take(len), &mut out)?;
+                if n != len {
+                    return Err(io::Error::other("the file is shorter than its old length"));
+                }
+                out.set_permissions(std::fs::Permissions::from_mode(md.mode_bits()))?;
+                out.sync_data()?;
+                drop(out);
+                Ok(crate::replica::local::hash_file(tmp)?.0)
+            })
+            .map_err(|e| WError::from_err(&e))
+    }
+
+    /// Check an append before any byte is written: `path` is still the object `expect`
+    /// describes (same inode, ctime and mtime, as a local re-check), of `expect.size` bytes;
+    /// then journal it (durably) so that a dead agent's half-written tail is cut back.
+    fn append_begin(
+        &mut self,
+        path: &str,
+        expect: &WEntry,
+        meta: &WEntry,
+    ) -> Result<Appending, WError> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let p = rel(path)?;
+        if p.is_root() {
+            return Err(perr("the root is not a file"));
+        }
+        let (old, meta) = (entry(expect)?, entry(meta)?);
+        if old.kind != Kind::File
+            || meta.kind != Kind::File
+            || meta.size <= old.size
+            || old.hash.is_none()
+            || meta.hash.is_none()
+        {
+            return Err(perr("not an append (a file, growing, with both hashes)"));
+        }
+        let ioe = |e: io::Error| WError::from_err(&crate::replica::io_err(&p)(e));
+        if let Some(e) = crate::faults::fail(p.as_str()) {
+            return Err(ioe(e));
+        }
+        // Parents checked, no final symlink, a regular file.
+        let r = self
+            .rep
+            .open_regular(&p)
+            .map_err(|e| WError::from_err(&e))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(p.to_fs(&self.root))
+            .map_err(ioe)?;
+        let (rmd, md) = (r.metadata().map_err(ioe)?, file.metadata().map_err(ioe)?);
+        let changed = || WError::from_err(&ReplicaError::Changed(p.to_string()));
+        if rmd.ino() != md.ino() || rmd.dev() != md.dev() {
+            return Err(changed());
+        }
+        let cur = crate::replica::local::entry_from_meta(&md, None).ok_or_else(changed)?;
+        if !same_object(&cur, &old) || md.len() != old.size {
+            return Err(changed());
+        }
+        let tmp = self.tmp();
+        std::fs::create_dir_all(&tmp).map_err(ioe)?;
+        let jpath = tmp.join(format!("{APPEND_PREFIX}{}", super::new_token()));
+        let record = AppendJournal {
+            path: p.as_str().to_string(),
+            old_len: old.size,
+            old_mtime: old.mtime,
+            old_hash: old.hash.map(|h| h.to_hex()).unwrap_or_default(),
+            new_len: meta.size,
+            new_hash: meta.hash.map(|h| h.to_hex()).unwrap_or_default(),
+        };
+        let mut jf = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&jpath)
+            .map_err(ioe)?;
+        let written = (|| -> io::Result<()> {
+            jf.try_lock()
+                .map_err(|_| io::Error::other("cannot lock the append journal"))?;
+            jf.write_all(&serde_json::to_vec(&record).map_err(io::Error::other)?)?;
+            jf.sync_all()?;
+            File::open(&tmp)?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&jpath);
+            return Err(ioe(e));
+        }
+        Ok(Appending {
+            path: p,
+            file,
+            old,
+            meta,
+            written: 0,
+            journal: (jpath, jf),
+            err: None,
+        })
+    }
+
+    /// Finish what dead agents left: an append journal nobody holds is an append that was
+    /// never checked. A file that is the announced new content stays; one that still starts
+    /// with the old content is cut back to it; anything else was changed by someone else
+    /// since and is left alone.
+    fn heal_appends(&mut self) {
+        if !self.marked() {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(self.tmp()) else {
+            return;
+        };
+        for de in rd.flatten() {
+            let name = de.file_name();
+            if !name.to_str().is_some_and(|n| n.starts_with(APPEND_PREFIX)) {
+                continue;
+            }
+            let jpath = de.path();
+            let Ok(jf) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&jpath)
+            else {
+                continue;
+            };
+            if jf.try_lock().is_err() {
+                continue; // a live agent is appending
+            }
+            if let Ok(j) = serde_json::from_reader::<_, AppendJournal>(&jf) {
+                self.heal_one(&j);
+            }
+            let _ = std::fs::remove_file(&jpath);
+        }
+    }
+
+    fn heal_one(&self, j: &AppendJournal) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Ok(p) = rel(&j.path) else { return };
+        let Ok(r) = self.rep.open_regular(&p) else {
+            return;
+        };
+        let len = r.metadata().map(|m| m.len()).unwrap_or(0);
+        let hash_of = |n: u64| delta::prefix_hash(&r, n).ok().map(|h| h.to_hex());
+        if len == j.new_len && hash_of(len).as_deref() == Some(j.new_hash.as_str()) {
+            return; // complete: the next scan sees the new content
+        }
+        if len < j.old_len || hash_of(j.old_len).as_deref() != Some(j.old_hash.as_str()) {
+            return;
+        }
+        let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(p.to_fs(&self.root))
+        else {
+            return;
+        };
+        let _ = f.set_len(j.old_len);
+        let _ = set_mtime(&f, j.old_mtime);
+        let _ = f.sync_all();
+    }
+
+    /// Start the watch thread: `Events` on request `id` for the rest of the session.
+    fn start_watching(
+        &mut self,
+        id: u32,
+        paths: Vec<String>,
+        ignore: Vec<String>,
+        poll: bool,
+        poll_ms: u64,
+        debounce_ms: u64,
+    ) -> Result<&'static str, WError> {
+        if id == 0 {
+            return Err(perr("a watch needs a request id"));
+        }
+        if self.watch.is_some() {
+            return Err(perr("already watching"));
+        }
+        let rules = compile_rules(paths, ignore)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink: crate::watcher::Sink = Arc::new(move |ev| {
+            let _ = tx.send(ev);
+        });
+        let prefer = if poll {
+            crate::watcher::Prefer::Poll
+        } else {
+            crate::watcher::Prefer::Auto
+        };
+        let poll = Duration::from_millis(poll_ms.clamp(50, 3_600_000));
+        let root = self
+            .root
+            .canonicalize()
+            .unwrap_or_else(|_| self.root.clone());
+        let tw = crate::watcher::TreeWatch::start(root, rules, prefer, poll, sink)
+            .map_err(|e| WError::from_err(&crate::replica::io_err("watch")(io::Error::other(e))))?;
+        let mode = tw.mode().name();
+        let stop = Arc::new(AtomicBool::new(false));
+        let debounce = Duration::from_millis(debounce_ms.min(10_000));
+        let (w, stop2) = (self.shared.clone(), stop.clone());
+        let thread = std::thread::spawn(move || watch_loop(tw, rx, id, debounce, w, stop2));
+        self.watch = Some(WatchThread { stop, thread });
+        Ok(mode)
     }
 
     /// The file behind a handle: an opened file (`basis` 0) or a push's basis file.
@@ -639,17 +1104,9 @@ impl Agent {
             w.send(id, &Resp::Err(e))?;
             w.flush()
         };
-        let mut prof = Profile::adhoc(
-            ReplicaAddr::Local(PathBuf::from("/")),
-            ReplicaAddr::Local(PathBuf::from("/")),
-            String::new(),
-            String::new(),
-        );
-        prof.paths = paths;
-        prof.ignore = ignore;
-        let rules = match Rules::compile(&prof) {
+        let rules = match compile_rules(paths, ignore) {
             Ok(r) => r,
-            Err(e) => return fail(w, perr(format!("patterns: {e}"))),
+            Err(e) => return fail(w, e),
         };
         let only = match only.iter().map(|s| rel(s)).collect::<Result<Vec<_>, _>>() {
             Ok(o) => o,
@@ -800,6 +1257,255 @@ impl Agent {
         let token = Receiving::complete(&p.out_path, p.prev.as_deref(), &tmp)
             .map_err(crate::replica::io_err(&path))?;
         Ok((token, h))
+    }
+}
+
+/// The rules a scan or a watch of the client's patterns applies.
+fn compile_rules(paths: Vec<String>, ignore: Vec<String>) -> Result<Rules, WError> {
+    let mut prof = Profile::adhoc(
+        ReplicaAddr::Local(PathBuf::from("/")),
+        ReplicaAddr::Local(PathBuf::from("/")),
+        String::new(),
+        String::new(),
+    );
+    prof.paths = paths;
+    prof.ignore = ignore;
+    Rules::compile(&prof).map_err(|e| perr(format!("patterns: {e}")))
+}
+
+/// The re-check of an in-place append, as strict as `LocalReplica`'s before a replace: the
+/// same inode with the same ctime and mtime (without inode numbers: size and mtime).
+fn same_object(cur: &Entry, expect: &Entry) -> bool {
+    cur.kind == expect.kind
+        && cur.mtime == expect.mtime
+        && match (cur.stat, expect.stat) {
+            (Some(x), Some(y)) => x.ino == y.ino && x.dev == y.dev && x.ctime == y.ctime,
+            _ => cur.size == expect.size,
+        }
+}
+
+fn set_mtime(f: &File, mtime: i64) -> io::Result<()> {
+    let t = filetime::FileTime::from_unix_time(
+        mtime.div_euclid(1_000_000_000),
+        mtime.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_file_handle_times(f, None, Some(t))
+}
+
+trait ModeBits {
+    fn mode_bits(&self) -> u32;
+}
+
+impl ModeBits for std::fs::Metadata {
+    fn mode_bits(&self) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        self.mode() & 0o7777
+    }
+}
+
+/// Tail bytes of an append: literal data only, never past the announced size.
+fn append_data(a: &mut Appending, ops: Vec<WOp>) {
+    if a.err.is_some() {
+        return;
+    }
+    let tail = a.meta.size - a.old.size;
+    for op in ops {
+        let r = match op {
+            WOp::Data(d) if a.written + d.len() as u64 <= tail => {
+                let r = (&a.file).write_all(&d);
+                a.written += d.len() as u64;
+                r
+            }
+            WOp::Data(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more data than the announced size",
+            )),
+            WOp::Copy { .. } => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an append takes literal data only",
+            )),
+        };
+        if let Err(e) = r {
+            a.err = Some(crate::replica::io_err(&a.path)(e));
+            return;
+        }
+        crate::faults::point("agent: part of a tail appended");
+    }
+}
+
+/// Durable, then the whole file checked against the announced hash; anything short of that
+/// cuts the file back to its old content.
+fn append_end(mut a: Appending, root: &Path) -> Result<Entry, ReplicaError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = a.path.clone();
+    let fail = |a: &Appending, e: ReplicaError| {
+        cut_back(a);
+        Err(e)
+    };
+    if let Some(e) = a.err.take() {
+        return fail(&a, e);
+    }
+    if a.written != a.meta.size - a.old.size {
+        let e = crate::replica::io_err(&path)(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "incomplete append",
+        ));
+        return fail(&a, e);
+    }
+    if let Err(e) = a.file.sync_data() {
+        return fail(&a, crate::replica::io_err(&path)(e));
+    }
+    crate::faults::point("agent: tail appended");
+    let abs = path.to_fs(root);
+    match crate::replica::local::hash_file(&abs) {
+        Ok((h, n)) if Some(h) == a.meta.hash && n == a.meta.size => {}
+        Ok(_) => return fail(&a, ReplicaError::HashMismatch(path.to_string())),
+        Err(e) => return fail(&a, crate::replica::io_err(&path)(e)),
+    }
+    let r = a
+        .file
+        .set_permissions(std::fs::Permissions::from_mode(a.meta.mode))
+        .and_then(|_| set_mtime(&a.file, a.meta.mtime));
+    if let Err(e) = r {
+        return fail(&a, crate::replica::io_err(&path)(e));
+    }
+    let _ = std::fs::remove_file(&a.journal.0);
+    let md = std::fs::symlink_metadata(&abs).map_err(crate::replica::io_err(&path))?;
+    let mut e = crate::replica::local::entry_from_meta(&md, None)
+        .ok_or_else(|| ReplicaError::Changed(path.to_string()))?;
+    e.hash = a.meta.hash;
+    Ok(e)
+}
+
+/// Back to the old content (and mtime), durably; the journal goes.
+fn cut_back(a: &Appending) {
+    let _ = a.file.set_len(a.old.size);
+    let _ = set_mtime(&a.file, a.old.mtime);
+    let _ = a.file.sync_all();
+    let _ = std::fs::remove_file(&a.journal.0);
+}
+
+/// The agent's watch: raw events in, `Events` frames out, coalesced until `debounce` of
+/// quiet (at most ten times that while events keep coming).
+fn watch_loop(
+    mut tw: crate::watcher::TreeWatch,
+    rx: std::sync::mpsc::Receiver<notify::Result<notify::Event>>,
+    id: u32,
+    debounce: Duration,
+    w: Arc<Mutex<FrameWriter>>,
+    stop: Arc<AtomicBool>,
+) {
+    use crate::watcher::Change;
+    /// Beyond this many changed paths, one "rescan" says it all.
+    const MAX_PATHS: usize = 100_000;
+    let max_hold = (debounce * 10).max(Duration::from_millis(500));
+    let mut paths: BTreeSet<String> = BTreeSet::new();
+    let mut rescan = false;
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let mut gone = false;
+    let mut mode = tw.mode();
+    let send = |frames: Vec<Resp>| -> bool {
+        let mut g = w.lock().expect("lock");
+        for f in &frames {
+            if g.send(id, f).is_err() {
+                return false;
+            }
+        }
+        g.flush().is_ok()
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wait = match first {
+            Some(f) => (last + debounce)
+                .min(f + max_hold)
+                .saturating_duration_since(now),
+            None => Duration::from_millis(200),
+        };
+        match rx.recv_timeout(wait.min(Duration::from_millis(200))) {
+            Ok(ev) => {
+                let mut evs = vec![ev];
+                while let Ok(ev) = rx.try_recv() {
+                    evs.push(ev);
+                    if evs.len() > 10_000 {
+                        break;
+                    }
+                }
+                for ev in evs {
+                    for c in tw.interpret(ev) {
+                        match c {
+                            Change::Path(p) => {
+                                if paths.len() < MAX_PATHS {
+                                    paths.insert(p.as_str().to_string());
+                                } else {
+                                    rescan = true;
+                                }
+                            }
+                            Change::Rescan => rescan = true,
+                            Change::RootGone => {
+                                rescan = true;
+                                gone = true;
+                            }
+                            Change::Note(_) => {}
+                        }
+                    }
+                }
+                if !paths.is_empty() || rescan {
+                    first.get_or_insert(Instant::now());
+                    last = Instant::now();
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => gone = true,
+        }
+        let mut frames = Vec::new();
+        if tw.mode() != mode {
+            mode = tw.mode();
+            frames.push(Resp::WatchMode(mode.name().to_string()));
+        }
+        let now = Instant::now();
+        let due = first.is_some_and(|f| now >= last + debounce || now >= f + max_hold);
+        if due || gone {
+            if rescan {
+                paths.clear();
+            }
+            // Frames of at most about a megabyte of paths.
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            for p in std::mem::take(&mut paths) {
+                bytes += p.len() + 2;
+                batch.push(p);
+                if bytes > 1 << 20 {
+                    frames.push(Resp::Events {
+                        paths: std::mem::take(&mut batch),
+                        rescan: false,
+                    });
+                    bytes = 0;
+                }
+            }
+            if !batch.is_empty() || rescan {
+                frames.push(Resp::Events {
+                    paths: batch,
+                    rescan,
+                });
+            }
+            rescan = false;
+            first = None;
+        }
+        if gone {
+            frames.push(Resp::Err(WError::from_err(&crate::replica::io_err(
+                "watch",
+            )(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the root is gone; the watch ended",
+            )))));
+        }
+        if !frames.is_empty() && !send(frames) {
+            return;
+        }
+        if gone {
+            return;
+        }
     }
 }
 
@@ -1025,5 +1731,93 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
         assert!(!tmp.path().join("escape").exists());
         assert!(!root.join("ok.txt").exists() && !root.join("d").exists());
+    }
+
+    /// Version ids and the agent's own folder: a client cannot read, stage or delete
+    /// anything outside the versions folder, even through a symlink kept as a version.
+    #[test]
+    fn hostile_version_ids_and_meta_paths_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(root.join(".fedsync/versions/r1")).unwrap();
+        std::fs::write(root.join(".fedsync/id"), "abc\n").unwrap();
+        std::fs::write(root.join(".fedsync/versions/r1/ok.txt"), "kept").unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "secret").unwrap();
+        // A symlink to a folder outside, kept as a version (as a removed link would be).
+        std::os::unix::fs::symlink(&outside, root.join(".fedsync/versions/r1/link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("tree-link")).unwrap();
+        let refused = [
+            (1, Req::StageVersion("../outside/secret".into())),
+            (
+                2,
+                Req::StageVersion(".fedsync/versions/r1/link/secret".into()),
+            ),
+            (
+                3,
+                Req::RemoveVersion(".fedsync/versions/r1/link/secret".into()),
+            ),
+            (4, Req::RemoveVersion(".fedsync/versions/../id".into())),
+            (5, Req::RemoveVersion(".fedsync/id".into())),
+            (6, Req::StageVersion("/etc/passwd".into())),
+            (
+                7,
+                Req::StagePrefix {
+                    path: "tree-link".into(),
+                    len: 3,
+                },
+            ),
+            (
+                8,
+                Req::StagePrefix {
+                    path: ".fedsync/versions/r1/ok.txt".into(),
+                    len: 3,
+                },
+            ),
+            (
+                9,
+                Req::Remove {
+                    path: ".fedsync/id".into(),
+                    expect: meta(b"abc\n"),
+                    run: "r2".into(),
+                },
+            ),
+            (10, Req::Entries(vec![".fedsync/id".into()])),
+        ];
+        let mut reqs: Vec<(u32, Req)> = refused.to_vec();
+        reqs.push((
+            20,
+            Req::ListVersions {
+                path: Some("link/secret".into()),
+            },
+        ));
+        reqs.push((21, Req::ListVersions { path: None }));
+        reqs.push((22, Req::StageVersion(".fedsync/versions/r1/ok.txt".into())));
+        let out = session(root.clone(), reqs);
+        for f in &out {
+            match f.id {
+                1..=9 => assert!(matches!(f.body, Resp::Err(_)), "{f:?}"),
+                10 => assert!(
+                    matches!(&f.body, Resp::Entries(v) if v.len() == 1 && v[0].is_err()),
+                    "{f:?}"
+                ),
+                20 | 21 => {
+                    if let Resp::Versions(v) = &f.body {
+                        assert!(v.iter().all(|x| !x.id.contains("link/")), "{f:?}");
+                    }
+                }
+                22 => assert!(matches!(f.body, Resp::Staged { .. }), "{f:?}"),
+                _ => {}
+            }
+        }
+        assert!(out.iter().any(|f| f.id == 21
+            && matches!(&f.body, Resp::Versions(v) if v.iter().any(|x| x.path == "ok.txt"))));
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).unwrap(),
+            "secret"
+        );
+        assert!(root.join(".fedsync/id").exists());
+        assert!(root.join(".fedsync/versions/r1/ok.txt").exists());
     }
 }

@@ -17,7 +17,8 @@ use crate::entry::{Entry, Hash, Kind};
 use crate::path::RelPath;
 use crate::replica::local::LocalReplica;
 use crate::replica::{
-    io_err, Probe, Replica, ReplicaError, Result, Scan, ScanOptions, Staged, VersionPath,
+    io_err, Probe, Replica, ReplicaError, Result, Scan, ScanOptions, Staged, VersionInfo,
+    VersionPath,
 };
 use crate::rules::Rules;
 use crate::store::CacheBlob;
@@ -112,6 +113,11 @@ pub(crate) struct Conn {
     reader: Mutex<Option<JoinHandle<()>>>,
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
+    /// The features of this session (what both sides listed).
+    features: Vec<String>,
+    /// Who answers: the host and the agent's fedsync version (for messages).
+    host: String,
+    agent_version: String,
 }
 
 enum ConnectError {
@@ -252,7 +258,13 @@ impl Conn {
             }
             _ => return Err(fail(child, stderr_thread, &junk)),
         };
-        let zstd = ok[OK_LINE.len()..].trim().split(',').any(|f| f == "zstd");
+        let features: Vec<String> = ok[OK_LINE.len()..]
+            .trim()
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect();
+        let zstd = features.iter().any(|f| f == "zstd");
         let other = |e: io::Error| ConnectError::Other(format!("{label}: {e}"));
         let writer = FrameWriter::new(Box::new(output), zstd).map_err(other)?;
         let mut reader = FrameReader::new(input, zstd).map_err(other)?;
@@ -298,7 +310,40 @@ impl Conn {
             reader: Mutex::new(Some(reader_thread)),
             sent,
             received,
+            features,
+            host: t.host.clone(),
+            agent_version: hello.version,
         })
+    }
+
+    /// Whether the session has `feature`.
+    fn has(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+
+    /// `Ok` when the session has `feature`; else an error that says what to upgrade.
+    fn require(&self, feature: &str, what: &str) -> Result<()> {
+        if self.has(feature) {
+            return Ok(());
+        }
+        Err(ReplicaError::Io {
+            path: self.label.clone(),
+            source: io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the agent on {} is fedsync {}, which cannot {what} (it lacks the protocol \
+                     feature {feature}); install fedsync {} there, or run with --deploy-agent",
+                    self.host,
+                    self.agent_version,
+                    version()
+                ),
+            ),
+        })
+    }
+
+    /// Whether the connection is still up.
+    pub(crate) fn alive(&self) -> bool {
+        self.routes.lock().expect("lock").dead.is_none()
     }
 
     fn lost_err(&self) -> ReplicaError {
@@ -674,12 +719,234 @@ enum PullJob {
     },
 }
 
+/// Start the agent of `spec` over ssh (uploading it first with --deploy-agent when the
+/// remote host has none).
+fn open_conn(
+    spec: &ReplicaSpec,
+    t: &Target,
+    settings: &Settings,
+) -> std::result::Result<Conn, String> {
+    let who = format!("replica {} ({})", spec.name, spec.raw);
+    match Conn::spawn(t, settings, &settings.remote_cmd) {
+        Ok(c) => Ok(c),
+        Err(ConnectError::NoAgent(m)) if settings.deploy_agent => {
+            let cmd =
+                deploy(t, settings).map_err(|e| format!("{who}: {m}\n--deploy-agent: {e}"))?;
+            Conn::spawn(t, settings, &cmd).map_err(|e| match e {
+                ConnectError::NoAgent(m) | ConnectError::Other(m) => format!("{who}: {m}"),
+            })
+        }
+        Err(ConnectError::NoAgent(m) | ConnectError::Other(m)) => Err(format!("{who}: {m}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions that outlive a run (`fedsync watch`)
+
+thread_local! {
+    static REUSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Live sessions by where they lead (see [`pool_key`]).
+fn pool() -> &'static Mutex<HashMap<String, Arc<Conn>>> {
+    static POOL: std::sync::OnceLock<Mutex<HashMap<String, Arc<Conn>>>> =
+        std::sync::OnceLock::new();
+    POOL.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn pool_key(t: &Target, settings: &Settings) -> String {
+    format!(
+        "{:?} {:?} {} {:?} {:?}",
+        settings.ssh,
+        settings.remote_cmd,
+        t.dest(),
+        t.port,
+        t.path
+    )
+}
+
+/// Let remote replicas opened on this thread use the live [`RemoteSession`]s instead of
+/// starting ssh again (the runs of `fedsync watch`). Other threads (the dashboard's) keep
+/// their own connections: one session serves one run at a time.
+pub fn reuse_sessions_on_this_thread(on: bool) {
+    REUSE.with(|r| r.set(on));
+}
+
+/// A connection to the agent of a remote replica kept across runs: the runs of this thread
+/// use it (see [`reuse_sessions_on_this_thread`]), and the agent can report its own file
+/// events over it ([`RemoteSession::watch`]). Dropping it ends the agent.
+pub struct RemoteSession {
+    conn: Arc<Conn>,
+    key: String,
+}
+
+/// A remote watch: what the agent reports, on a thread of the caller's choosing.
+pub struct RemoteWatch {
+    conn: Arc<Conn>,
+    rx: mpsc::Receiver<Resp>,
+    /// The agent's watcher: "native" or "polling".
+    pub mode: String,
+}
+
+/// One report of a remote watch.
+#[derive(Debug)]
+pub enum WatchEvent {
+    /// The agent switched watchers ("native" / "polling").
+    Mode(String),
+    /// These paths changed; `rescan`: events were lost, look at everything.
+    Changed { paths: Vec<RelPath>, rescan: bool },
+    /// The watch is over (connection lost, root gone): why.
+    Ended(String),
+}
+
+impl RemoteSession {
+    /// Connect to the agent of `spec` (an ssh:// replica of `profile`).
+    pub fn open(
+        profile: &crate::config::Profile,
+        spec: &ReplicaSpec,
+    ) -> std::result::Result<RemoteSession, String> {
+        let crate::config::ReplicaAddr::Ssh {
+            user,
+            host,
+            port,
+            path,
+        } = &spec.addr
+        else {
+            return Err(format!("replica {} is not an ssh:// replica", spec.name));
+        };
+        let t = Target {
+            user: user.clone(),
+            host: host.clone(),
+            port: *port,
+            path: path.clone(),
+        };
+        let settings = Settings::new(profile.ssh.as_deref(), profile.remote_cmd.as_deref());
+        let conn = Arc::new(open_conn(spec, &t, &settings)?);
+        let key = pool_key(&t, &settings);
+        pool()
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), conn.clone());
+        Ok(RemoteSession { conn, key })
+    }
+
+    /// Whether the connection is still up.
+    pub fn alive(&self) -> bool {
+        self.conn.alive()
+    }
+
+    /// Whether the agent can watch its root (fedsync with the `watch1` feature).
+    pub fn can_watch(&self) -> bool {
+        self.conn.has("watch1")
+    }
+
+    /// The agent's fedsync version.
+    pub fn agent_version(&self) -> &str {
+        &self.conn.agent_version
+    }
+
+    /// Have the agent watch its root for changes to what `rules` sync.
+    pub fn watch(
+        &self,
+        rules: &Rules,
+        poll: bool,
+        poll_every: std::time::Duration,
+        debounce: std::time::Duration,
+    ) -> std::result::Result<RemoteWatch, String> {
+        self.conn
+            .require("watch1", "watch its files")
+            .map_err(|e| e.to_string())?;
+        let (paths, ignore) = rules.scan_patterns();
+        let rx = self
+            .conn
+            .request(&Req::Watch {
+                paths: paths.to_vec(),
+                ignore: ignore.to_vec(),
+                poll,
+                poll_ms: poll_every.as_millis() as u64,
+                debounce_ms: debounce.as_millis() as u64,
+            })
+            .map_err(|e| e.to_string())?;
+        match self.conn.next(&rx) {
+            Ok(Resp::WatchMode(mode)) => Ok(RemoteWatch {
+                conn: self.conn.clone(),
+                rx,
+                mode,
+            }),
+            Ok(r) => Err(unexpected(&self.conn.label, &r).to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The current (unhashed) state of `paths` on the remote side; per path an error
+    /// message when the agent could not look.
+    #[allow(clippy::type_complexity)]
+    pub fn entries(
+        &self,
+        paths: &[RelPath],
+    ) -> Result<Vec<std::result::Result<Option<Entry>, String>>> {
+        self.conn.require("watch1", "report the state of paths")?;
+        let mut out = Vec::with_capacity(paths.len());
+        for part in paths.chunks(10_000) {
+            let req = Req::Entries(part.iter().map(|p| p.as_str().to_string()).collect());
+            match self.conn.call(&req)? {
+                Resp::Entries(v) if v.len() == part.len() => {
+                    for e in v {
+                        out.push(e.and_then(|e| e.map(|w| w.to_entry()).transpose()));
+                    }
+                }
+                r => return Err(unexpected(&self.conn.label, &r)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for RemoteSession {
+    fn drop(&mut self) {
+        {
+            let mut p = pool().lock().expect("lock");
+            if p.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &self.conn)) {
+                p.remove(&self.key);
+            }
+        }
+        self.conn.close();
+    }
+}
+
+impl RemoteWatch {
+    /// The next report (blocks until there is one).
+    pub fn next(&self) -> WatchEvent {
+        match self.conn.next(&self.rx) {
+            Ok(Resp::WatchMode(m)) => WatchEvent::Mode(m),
+            Ok(Resp::Events { paths, rescan }) => {
+                let mut out = Vec::with_capacity(paths.len());
+                let mut rescan = rescan;
+                for p in paths {
+                    match RelPath::new(&p) {
+                        Ok(rp) if !rp.is_root() => out.push(rp),
+                        // Nonsense from the agent: look at everything rather than trust it.
+                        _ => rescan = true,
+                    }
+                }
+                WatchEvent::Changed { paths: out, rescan }
+            }
+            Ok(r) => WatchEvent::Ended(unexpected(&self.conn.label, &r).to_string()),
+            Err(e) => WatchEvent::Ended(e.to_string()),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The replica
 
 pub struct RemoteReplica {
     label: String,
     conn: Arc<Conn>,
+    /// The connection belongs to a [`RemoteSession`]: left open when this replica goes.
+    pooled: bool,
+    /// Transport counters when this replica started using the connection.
+    wire_start: (u64, u64),
     push_tx: Mutex<Option<mpsc::Sender<PushJob>>>,
     pull_tx: Mutex<Option<mpsc::Sender<PullJob>>>,
     slots: Arc<Slots>,
@@ -695,28 +962,26 @@ impl RemoteReplica {
         t: Target,
         settings: &Settings,
     ) -> std::result::Result<RemoteReplica, String> {
-        let who = format!("replica {} ({})", spec.name, spec.raw);
-        let conn = match Conn::spawn(&t, settings, &settings.remote_cmd) {
-            Ok(c) => c,
-            Err(ConnectError::NoAgent(m)) if settings.deploy_agent => {
-                let cmd =
-                    deploy(&t, settings).map_err(|e| format!("{who}: {m}\n--deploy-agent: {e}"))?;
-                match Conn::spawn(&t, settings, &cmd) {
-                    Ok(c) => c,
-                    Err(ConnectError::NoAgent(m) | ConnectError::Other(m)) => {
-                        return Err(format!("{who}: {m}"))
-                    }
-                }
+        if REUSE.with(|r| r.get()) {
+            let live = pool()
+                .lock()
+                .expect("lock")
+                .get(&pool_key(&t, settings))
+                .filter(|c| c.alive())
+                .cloned();
+            if let Some(conn) = live {
+                return Ok(RemoteReplica::with_conn(spec.raw.clone(), conn, true));
             }
-            Err(ConnectError::NoAgent(m) | ConnectError::Other(m)) => {
-                return Err(format!("{who}: {m}"))
-            }
-        };
-        Ok(RemoteReplica::with_conn(spec.raw.clone(), conn))
+        }
+        let conn = Arc::new(open_conn(spec, &t, settings)?);
+        Ok(RemoteReplica::with_conn(spec.raw.clone(), conn, false))
     }
 
-    fn with_conn(label: String, conn: Conn) -> RemoteReplica {
-        let conn = Arc::new(conn);
+    fn with_conn(label: String, conn: Arc<Conn>, pooled: bool) -> RemoteReplica {
+        let wire_start = (
+            conn.sent.load(Ordering::Relaxed),
+            conn.received.load(Ordering::Relaxed),
+        );
         let slots = Arc::new(Slots::default());
         let window = Arc::new(Window::default());
         let (push_tx, push_rx) = mpsc::channel::<PushJob>();
@@ -777,6 +1042,8 @@ impl RemoteReplica {
         RemoteReplica {
             label,
             conn,
+            pooled,
+            wire_start,
             push_tx: Mutex::new(Some(push_tx)),
             pull_tx: Mutex::new(Some(pull_tx)),
             slots,
@@ -786,12 +1053,23 @@ impl RemoteReplica {
         }
     }
 
-    /// Bytes sent to and received from the transport so far.
+    /// Bytes sent to and received from the transport since this replica was opened.
     pub fn wire_bytes(&self) -> (u64, u64) {
         (
-            self.conn.sent.load(Ordering::Relaxed),
-            self.conn.received.load(Ordering::Relaxed),
+            self.conn.sent.load(Ordering::Relaxed) - self.wire_start.0,
+            self.conn.received.load(Ordering::Relaxed) - self.wire_start.1,
         )
+    }
+
+    /// A `Staged` answer, its token checked for shape (it names a file on the agent's side).
+    fn staged(&self, r: Resp) -> Result<Staged> {
+        match r {
+            Resp::Staged { token, hash } if super::valid_token(&token) => Ok(Staged {
+                token,
+                hash: hash.map(Hash),
+            }),
+            r => Err(unexpected(&self.label, &r)),
+        }
     }
 
     fn changed(&self, r: Resp) -> Result<Entry> {
@@ -987,7 +1265,12 @@ impl Drop for RemoteReplica {
         for w in self.workers.lock().expect("lock").drain(..) {
             let _ = w.join();
         }
-        self.conn.close();
+        if !self.pooled {
+            self.conn.close();
+        } else if self.conn.has("watch1") {
+            // The session lives on: the agent saves its scan cache now.
+            let _ = self.conn.send(&[Req::Checkpoint], true);
+        }
         if std::env::var_os("FEDSYNC_WIRE_STATS").is_some()
             || std::env::var_os("FEDSYNC_TIMING").is_some()
         {
@@ -1233,6 +1516,128 @@ impl Replica for RemoteReplica {
         })?;
         self.changed(r)
     }
+
+    fn list_versions(&self, path: Option<&RelPath>) -> Result<Vec<VersionInfo>> {
+        self.conn.require("versions1", "list kept versions")?;
+        let rx = self.conn.request(&Req::ListVersions {
+            path: path.map(|p| p.as_str().to_string()),
+        })?;
+        let mut out = Vec::new();
+        loop {
+            match self.conn.next(&rx)? {
+                Resp::Versions(v) => {
+                    for w in v {
+                        let info = w.to_info().map_err(|m| hostile(&self.label, m))?;
+                        if path.is_some_and(|p| p.as_str() != info.path) {
+                            return Err(hostile(
+                                &self.label,
+                                format!("a version of {} listed for {:?}", info.path, path),
+                            ));
+                        }
+                        out.push(info);
+                    }
+                }
+                Resp::VersionsEnd => return Ok(out),
+                r => return Err(unexpected(&self.label, &r)),
+            }
+        }
+    }
+
+    fn stage_version(&self, id: &str) -> Result<Staged> {
+        self.conn.require("versions1", "restore kept versions")?;
+        let r = self.conn.call(&Req::StageVersion(id.to_string()))?;
+        self.staged(r)
+    }
+
+    fn remove_version(&self, id: &str) -> Result<u64> {
+        self.conn.require("versions1", "remove kept versions")?;
+        match self.conn.call(&Req::RemoveVersion(id.to_string()))? {
+            Resp::Count(n) => Ok(n),
+            r => Err(unexpected(&self.label, &r)),
+        }
+    }
+
+    fn stage_prefix(&self, path: &RelPath, len: u64) -> Result<Staged> {
+        self.conn.require("versions1", "undo an append")?;
+        let r = self.conn.call(&Req::StagePrefix {
+            path: path.as_str().into(),
+            len,
+        })?;
+        self.staged(r)
+    }
+
+    /// Append-only growth of a local file: the agent appends the tail in place (no new copy
+    /// of the old content, no version of it: the old content stays the file's prefix).
+    fn append_tail(
+        &self,
+        src: &dyn Replica,
+        path: &RelPath,
+        expect: &Entry,
+        meta: &Entry,
+    ) -> Result<Option<Entry>> {
+        let (Some(root), Some(old_hash), Some(_)) = (src.local_root(), expect.hash, meta.hash)
+        else {
+            return Ok(None);
+        };
+        if !self.conn.has("append1")
+            || !expect.is_file()
+            || meta.kind != Kind::File
+            || meta.size <= expect.size
+        {
+            return Ok(None);
+        }
+        drop(src.open(path)?); // refuses symlinked parents at the source
+        let mut input = File::open(path.to_fs(root)).map_err(io_err(path))?;
+        // The source must be exactly the target's content plus a tail.
+        let prefix = crate::merge::hash_prefix(&mut input, expect.size).map_err(io_err(path))?;
+        if prefix != old_hash {
+            return Ok(None);
+        }
+        let handle = self.conn.handle();
+        match self.conn.call(&Req::AppendBegin {
+            handle,
+            path: path.as_str().into(),
+            expect: WEntry::from_entry(expect),
+            meta: WEntry::from_entry(meta),
+        })? {
+            Resp::Ok => {}
+            r => return Err(unexpected(&self.label, &r)),
+        }
+        let tail = meta.size - expect.size;
+        let mut buf = vec![0u8; (DATA_CHUNK as u64).min(tail) as usize];
+        let mut done = 0u64;
+        let mut short = false;
+        while done < tail {
+            let n = ((tail - done) as usize).min(buf.len());
+            let k = input
+                .read_at(&mut buf[..n], expect.size + done)
+                .map_err(io_err(path))?;
+            if k == 0 {
+                short = true; // the source shrank: the agent cuts back
+                break;
+            }
+            self.conn.send(
+                &[Req::PushData {
+                    handle,
+                    ops: vec![WOp::Data(buf[..k].to_vec())],
+                }],
+                false,
+            )?;
+            done += k as u64;
+        }
+        let r = self.conn.call(&Req::AppendEnd { handle });
+        if short {
+            return Err(ReplicaError::HashMismatch(path.to_string()));
+        }
+        let e = self.changed(r?)?;
+        if e.hash != meta.hash {
+            return Err(hostile(
+                &self.label,
+                format!("{path}: append answered with another hash"),
+            ));
+        }
+        Ok(Some(e))
+    }
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -1307,7 +1712,52 @@ impl Drop for RemoteRead {
 
 /// Push a large local file: prefix check, else group/chunk signatures of the agent's
 /// basis files, then only the bytes the agent lacks.
+/// Steps of one large transfer, on stderr with `FEDSYNC_TIMING` (for profiling).
+struct Laps {
+    start: Option<std::time::Instant>,
+    last: std::time::Duration,
+    parts: Vec<String>,
+}
+
+impl Laps {
+    fn new() -> Laps {
+        Laps {
+            start: std::env::var_os("FEDSYNC_TIMING").map(|_| std::time::Instant::now()),
+            last: std::time::Duration::ZERO,
+            parts: Vec::new(),
+        }
+    }
+    fn mark(&mut self, what: &str) {
+        if let Some(s) = self.start {
+            let now = s.elapsed();
+            self.parts.push(format!(
+                "{what} {:.0} ms",
+                (now - self.last).as_secs_f64() * 1e3
+            ));
+            self.last = now;
+        }
+    }
+    fn print(&self, what: &str) {
+        if self.start.is_some() {
+            eprintln!("timing:   {what}: {}", self.parts.join(", "));
+        }
+    }
+}
+
 fn push_large(conn: &Conn, file: &Path, path: &RelPath, meta: &Entry) -> PushResult {
+    let mut laps = Laps::new();
+    let r = push_large_inner(conn, file, path, meta, &mut laps);
+    laps.print(&format!("push {path}"));
+    r
+}
+
+fn push_large_inner(
+    conn: &Conn,
+    file: &Path,
+    path: &RelPath,
+    meta: &Entry,
+    laps: &mut Laps,
+) -> PushResult {
     let f = File::open(file).map_err(io_err(path))?;
     let size = meta.size;
     if f.metadata().map_err(io_err(path))?.len() != size {
@@ -1326,7 +1776,8 @@ fn push_large(conn: &Conn, file: &Path, path: &RelPath, meta: &Entry) -> PushRes
     if basis.len() > 2 {
         return Err(hostile(&conn.label, "too many basis files".into()));
     }
-    let ops = push_ops(conn, handle, &f, size, &basis, path)?;
+    laps.mark("begin");
+    let ops = push_ops(conn, handle, &f, size, &basis, path, meta, laps)?;
     // Send the ops: copies by reference, literal ranges as data.
     let mut batch: Vec<WOp> = Vec::new();
     let mut batch_bytes = 0usize;
@@ -1375,12 +1826,16 @@ fn push_large(conn: &Conn, file: &Path, path: &RelPath, meta: &Entry) -> PushRes
         }
     }
     flush_batch(&mut batch, &mut batch_bytes)?;
-    match conn.call(&Req::PushEnd { handle })? {
+    laps.mark("data sent");
+    let r = match conn.call(&Req::PushEnd { handle })? {
         Resp::Staged { token, hash } => Ok((token, hash.map(Hash))),
         r => Err(unexpected(&conn.label, &r)),
-    }
+    };
+    laps.mark("built and checked there");
+    r
 }
 
+#[allow(clippy::too_many_arguments)]
 fn push_ops(
     conn: &Conn,
     handle: u32,
@@ -1388,6 +1843,8 @@ fn push_ops(
     size: u64,
     basis: &[(u64, Option<[u8; 32]>)],
     path: &RelPath,
+    meta: &Entry,
+    laps: &mut Laps,
 ) -> Result<Vec<Op>> {
     let whole = vec![Op::Lit {
         offset: 0,
@@ -1403,7 +1860,15 @@ fn push_ops(
     for i in order {
         let (len, hash) = basis[i];
         if let Some(h) = hash {
-            if len > 0 && len <= size && delta::prefix_hash(f, len).map_err(io_err(path))?.0 == h {
+            // (A basis as long as the file is a prefix only when it is the same content,
+            // whose hash is known without reading the file again.)
+            let same = |len: u64| -> Result<bool> {
+                if len == size && meta.hash.is_some() {
+                    return Ok(meta.hash.map(|m| m.0) == Some(h));
+                }
+                Ok(delta::prefix_hash(f, len).map_err(io_err(path))?.0 == h)
+            };
+            if len > 0 && len <= size && same(len)? {
                 let mut ops = vec![Op::Copy {
                     basis: i as u8,
                     offset: 0,
@@ -1429,9 +1894,12 @@ fn push_ops(
             })
         })
         .collect::<Result<_>>()?;
+    laps.mark("prefix checks");
     let mut ours = Vec::new();
     delta::groups(f, 0, size, |s| ours.push(s)).map_err(io_err(path))?;
+    laps.mark("our groups");
     let theirs: Vec<Vec<Sig>> = rxs.iter().map(|rx| conn.sigs(rx)).collect::<Result<_>>()?;
+    laps.mark("their groups");
     let plan = delta::plan_groups(&ours, &theirs);
     let mut basis_chunks = Vec::new();
     let mut new_chunks = Vec::new();
@@ -1461,6 +1929,7 @@ fn push_ops(
         for (b, _, _) in &plan.need_basis {
             basis_chunks.push(per_basis[*b as usize].pop_front().unwrap_or_default());
         }
+        laps.mark("chunks");
     }
     Ok(delta::plan_ops(&plan, &new_chunks, &basis_chunks))
 }

@@ -130,8 +130,27 @@ pub fn chunks(f: &File, start: u64, len: u64) -> io::Result<Vec<Sig>> {
 
 /// BLAKE3 of the first `len` bytes; an error if the file is shorter.
 pub fn prefix_hash(f: &File, len: u64) -> io::Result<Hash> {
+    // Large reads, hashed on all cores (a log's prefix can be hundreds of megabytes).
     let mut h = blake3::Hasher::new();
-    let n = io::copy(&mut RangeReader::new(f, 0, len), &mut h)?;
+    let mut r = RangeReader::new(f, 0, len);
+    let mut buf = vec![0u8; (len as usize).clamp(1, 4 << 20)];
+    let mut n = 0u64;
+    loop {
+        let mut got = 0;
+        while got < buf.len() {
+            match r.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if got == 0 {
+            break;
+        }
+        h.update_rayon(&buf[..got]);
+        n += got as u64;
+    }
     if n != len {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,

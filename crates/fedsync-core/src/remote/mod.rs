@@ -16,7 +16,9 @@ pub mod client;
 pub mod delta;
 pub mod proto;
 
-pub use client::RemoteReplica;
+pub use client::{
+    reuse_sessions_on_this_thread, RemoteReplica, RemoteSession, RemoteWatch, WatchEvent,
+};
 
 use crate::entry::Hash;
 use crate::replica::ReplicaError;

@@ -21,10 +21,18 @@ use crate::replica::{Probe, ReplicaError};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Read, Write};
 
-/// Bump when a message changes meaning or layout.
+/// Bump when a message changes meaning or layout. New requests are added at the end of
+/// [`Req`] / [`Resp`] under a new feature instead: an older peer keeps working for everything
+/// it knows, and the client asks for a feature only when the agent listed it.
 pub const PROTOCOL: u32 = 1;
 /// What this build can do; the session uses what both sides list.
-pub const FEATURES: &[&str] = &["zstd", "cdc1", "resume1"];
+///
+/// - `versions1`: `ListVersions`, `StageVersion`, `RemoveVersion`, `StagePrefix` (rollback,
+///   restore, `versions` and `prune` with a remote replica).
+/// - `append1`: `AppendBegin` / `AppendEnd` (append-only growth appended in place).
+/// - `watch1`: `Watch`, `Entries`, `Checkpoint` (a long-lived session that reports the
+///   agent's own file events).
+pub const FEATURES: &[&str] = &["zstd", "cdc1", "resume1", "versions1", "append1", "watch1"];
 /// Largest frame either side accepts (decoded size).
 pub const MAX_FRAME: usize = 8 << 20;
 /// Literal file data per message.
@@ -126,11 +134,7 @@ pub struct WEntry {
 impl WEntry {
     pub fn from_entry(e: &Entry) -> WEntry {
         WEntry {
-            kind: match e.kind {
-                Kind::File => 0,
-                Kind::Dir => 1,
-                Kind::Symlink => 2,
-            },
+            kind: kind_code(e.kind),
             size: e.size,
             mtime: e.mtime,
             mode: e.mode,
@@ -141,12 +145,7 @@ impl WEntry {
     }
 
     pub fn to_entry(&self) -> Result<Entry, String> {
-        let kind = match self.kind {
-            0 => Kind::File,
-            1 => Kind::Dir,
-            2 => Kind::Symlink,
-            k => return Err(format!("unknown entry kind {k}")),
-        };
+        let kind = kind_of(self.kind)?;
         if kind == Kind::Symlink && self.link.is_none() {
             return Err("a symlink without a target".into());
         }
@@ -395,6 +394,50 @@ pub enum Req {
     },
     /// Save the agent's scan cache and exit.
     Bye,
+    // ----- feature `versions1` -----
+    /// Kept versions (of `path` only, or all of them): `Versions`..., `VersionsEnd`.
+    ListVersions {
+        path: Option<String>,
+    },
+    /// Stage a copy of a kept version (an id from `ListVersions`): `Staged`.
+    StageVersion(String),
+    /// Delete a kept version: `Count` (bytes freed).
+    RemoveVersion(String),
+    /// Stage a copy of the first `len` bytes of a file (undoing an append): `Staged`.
+    StagePrefix {
+        path: String,
+        len: u64,
+    },
+    // ----- feature `append1` -----
+    /// Append to `path` in place, which must still be `expect`; the result must be `meta`.
+    /// Answered `Ok` (go on: `PushData` with literal data, then `AppendEnd`) or an error.
+    AppendBegin {
+        handle: u32,
+        path: String,
+        expect: WEntry,
+        meta: WEntry,
+    },
+    /// Make the appended tail durable and check the whole file against the announced hash
+    /// (on a mismatch the file is cut back to its old length): `Changed`.
+    AppendEnd {
+        handle: u32,
+    },
+    // ----- feature `watch1` -----
+    /// Watch the root for changes under these patterns: `WatchMode` ("native" or
+    /// "polling"), then `Events` whenever something changed, for the rest of the session.
+    Watch {
+        paths: Vec<String>,
+        ignore: Vec<String>,
+        /// Use the polling watcher even where native events exist.
+        poll: bool,
+        poll_ms: u64,
+        /// Quiet time before a batch of events is sent.
+        debounce_ms: u64,
+    },
+    /// The current (unhashed) state of these paths: `Entries`.
+    Entries(Vec<String>),
+    /// Save the scan cache now (a long-lived session outlives many runs); no answer.
+    Checkpoint,
 }
 
 /// Agent -> client.
@@ -429,12 +472,92 @@ pub enum Resp {
         version: Option<String>,
     },
     Version(Option<String>),
+    // ----- feature `versions1` -----
+    Versions(Vec<WVersion>),
+    VersionsEnd,
+    // ----- feature `watch1` -----
+    /// The watcher the agent runs: "native" or "polling".
+    WatchMode(String),
+    /// Paths that changed under the root (relative, `/`-separated); `rescan`: events were
+    /// lost (overflow, the watcher failed), everything must be looked at.
+    Events {
+        paths: Vec<String>,
+        rescan: bool,
+    },
+    Entries(Vec<Result<Option<WEntry>, String>>),
 }
 
 impl Resp {
     /// Whether this ends the answer to a request.
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, Resp::ScanBatch(_) | Resp::Data(_) | Resp::Sigs(_))
+        !matches!(
+            self,
+            Resp::ScanBatch(_)
+                | Resp::Data(_)
+                | Resp::Sigs(_)
+                | Resp::Versions(_)
+                | Resp::WatchMode(_)
+                | Resp::Events { .. }
+        )
+    }
+}
+
+/// A kept version as it crosses the wire (see [`VersionInfo`](crate::replica::VersionInfo)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WVersion {
+    pub id: String,
+    pub run: String,
+    pub path: String,
+    pub kind: u8,
+    pub size: u64,
+    pub mtime: i64,
+}
+
+impl WVersion {
+    pub fn from_info(v: &crate::replica::VersionInfo) -> WVersion {
+        WVersion {
+            id: v.id.clone(),
+            run: v.run.clone(),
+            path: v.path.clone(),
+            kind: kind_code(v.kind),
+            size: v.size,
+            mtime: v.mtime,
+        }
+    }
+
+    /// Checked: the id has the shape of a version id, the kind is known.
+    pub fn to_info(&self) -> Result<crate::replica::VersionInfo, String> {
+        let rest = self
+            .id
+            .strip_prefix(".fedsync/versions/")
+            .ok_or_else(|| format!("{:?} is not a version id", self.id))?;
+        crate::path::RelPath::new(rest).map_err(|e| format!("version id: {e}"))?;
+        crate::path::RelPath::new(&self.path).map_err(|e| format!("version path: {e}"))?;
+        Ok(crate::replica::VersionInfo {
+            id: self.id.clone(),
+            run: self.run.clone(),
+            path: self.path.clone(),
+            kind: kind_of(self.kind)?,
+            size: self.size,
+            mtime: self.mtime,
+        })
+    }
+}
+
+fn kind_code(k: Kind) -> u8 {
+    match k {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Symlink => 2,
+    }
+}
+
+fn kind_of(k: u8) -> Result<Kind, String> {
+    match k {
+        0 => Ok(Kind::File),
+        1 => Ok(Kind::Dir),
+        2 => Ok(Kind::Symlink),
+        k => Err(format!("unknown entry kind {k}")),
     }
 }
 

@@ -33,6 +33,8 @@ pub struct LocalReplica {
     label: String,
     /// Directories known to be real (not symlinked) directories, for the parent check.
     safe_dirs: Mutex<HashSet<String>>,
+    /// The temporary folder is known to exist.
+    tmp_ready: std::sync::atomic::AtomicBool,
 }
 
 fn now_ns() -> i64 {
@@ -77,8 +79,9 @@ pub fn hash_file(path: &Path) -> io::Result<(Hash, u64)> {
     if len >= 16 * 1024 * 1024 {
         h.update_mmap_rayon(path)?;
     } else if len <= 64 * 1024 {
+        // Through `take`: no size probes (`read_to_end` on a `File` stats and seeks).
         let mut buf = Vec::with_capacity(len as usize + 1);
-        f.read_to_end(&mut buf)?;
+        (&mut f).take(u64::MAX).read_to_end(&mut buf)?;
         h.update(&buf);
     } else {
         h.update_reader(&mut f)?;
@@ -105,6 +108,7 @@ impl LocalReplica {
             root,
             label,
             safe_dirs: Mutex::new(HashSet::new()),
+            tmp_ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -327,7 +331,12 @@ impl LocalReplica {
 
     fn tmp_path(&self) -> Result<(String, PathBuf)> {
         let dir = self.tmp_dir();
-        fs::create_dir_all(&dir).map_err(io_err(dir.display()))?;
+        // Created once per run (not a mkdir per file); `clean_temp` starts a run over.
+        if !self.tmp_ready.load(std::sync::atomic::Ordering::Relaxed) {
+            fs::create_dir_all(&dir).map_err(io_err(dir.display()))?;
+            self.tmp_ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let token = format!("{:016x}", rand::random::<u64>());
         let p = dir.join(&token);
         Ok((token, p))
@@ -341,14 +350,17 @@ impl LocalReplica {
         Ok(e)
     }
 
+    /// One directory's part of a scan, already in path order: runs of entries, with each
+    /// subdirectory's runs spliced in where its paths sort (`name/...` sorts after a
+    /// sibling `name.txt`, not right after `name`), so the whole scan comes out sorted
+    /// without sorting 100,000 long paths. Subdirectories are walked in parallel.
     fn walk(
         &self,
         dir: &RelPath,
         rules: &Rules,
         only: &[RelPath],
-        out: &Mutex<Vec<Vec<(RelPath, Entry)>>>,
         errors: &Mutex<Vec<(RelPath, String)>>,
-    ) {
+    ) -> Vec<Vec<(RelPath, Entry)>> {
         let abs = self.abs(dir);
         let rd = match fs::read_dir(&abs) {
             Ok(rd) => rd,
@@ -357,11 +369,12 @@ impl LocalReplica {
                     .lock()
                     .expect("lock")
                     .push((dir.clone(), format!("cannot list directory: {e}")));
-                return;
+                return Vec::new();
             }
         };
-        let mut local = Vec::new();
-        let mut subdirs = Vec::new();
+        // Children kept, as (path, entry); subdirectories to descend into.
+        let mut own: Vec<Option<(RelPath, Entry)>> = Vec::new();
+        let mut subdirs: Vec<RelPath> = Vec::new();
         for de in rd {
             let de = match de {
                 Ok(de) => de,
@@ -370,7 +383,7 @@ impl LocalReplica {
                         .lock()
                         .expect("lock")
                         .push((dir.clone(), format!("cannot list directory: {e}")));
-                    return;
+                    return Vec::new();
                 }
             };
             let name = de.file_name();
@@ -429,34 +442,57 @@ impl LocalReplica {
             if is_dir && rules.should_descend(&rel) {
                 subdirs.push(rel.clone());
             }
-            local.push((rel, entry));
+            own.push(Some((rel, entry)));
         }
-        if !local.is_empty() {
-            out.lock().expect("lock").push(local);
-        }
-        subdirs
+        let mut subs: Vec<Option<Vec<Vec<(RelPath, Entry)>>>> = subdirs
             .par_iter()
-            .for_each(|d| self.walk(d, rules, only, out, errors));
-    }
-}
+            .map(|d| Some(self.walk(d, rules, only, errors)))
+            .collect();
 
-/// Reorder `v` so that `v[i]` becomes the old `v[order[i]]`, by following cycles
-/// (`order` is consumed as scratch space).
-fn apply_permutation<T>(v: &mut [T], order: &mut [u32]) {
-    for start in 0..v.len() {
-        if order[start] as usize == start {
-            continue;
+        // Sibling order: an entry sorts by its name, a subdirectory's contents by
+        // `name/`. Names never hold '/', so each subtree is one contiguous block.
+        enum Slot {
+            Own(usize),
+            Sub(usize),
         }
-        let mut cur = start;
-        loop {
-            let next = order[cur] as usize;
-            order[cur] = cur as u32;
-            if next == start {
-                break;
+        let key = |s: &Slot| -> (&str, bool) {
+            match s {
+                Slot::Own(i) => (own[*i].as_ref().expect("unused").0.file_name(), false),
+                Slot::Sub(j) => (subdirs[*j].file_name(), true),
             }
-            v.swap(cur, next);
-            cur = next;
+        };
+        let mut slots: Vec<Slot> = (0..own.len())
+            .map(Slot::Own)
+            .chain((0..subdirs.len()).map(Slot::Sub))
+            .collect();
+        slots.sort_unstable_by(|x, y| {
+            let (nx, sx) = key(x);
+            let (ny, sy) = key(y);
+            nx.bytes()
+                .chain(sx.then_some(b'/'))
+                .cmp(ny.bytes().chain(sy.then_some(b'/')))
+        });
+        let mut runs = Vec::new();
+        let mut run = Vec::new();
+        for s in slots {
+            match s {
+                Slot::Own(i) => run.push(own[i].take().expect("each entry once")),
+                Slot::Sub(j) => {
+                    let sub = subs[j].take().expect("each subdirectory once");
+                    if sub.is_empty() {
+                        continue;
+                    }
+                    if !run.is_empty() {
+                        runs.push(std::mem::take(&mut run));
+                    }
+                    runs.extend(sub);
+                }
+            }
         }
+        if !run.is_empty() {
+            runs.push(run);
+        }
+        runs
     }
 }
 
@@ -551,6 +587,8 @@ impl Replica for LocalReplica {
 
     fn clean_temp(&self) -> Result<usize> {
         let dir = self.tmp_dir();
+        self.tmp_ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -586,21 +624,18 @@ impl Replica for LocalReplica {
 
     fn scan(&self, rules: &Rules, cache: &CacheBlob, opts: &ScanOptions) -> Result<Scan> {
         let started = now_ns();
-        let out = Mutex::new(Vec::new());
+        let timing = crate::engine::Timing::new();
         let errors = Mutex::new(Vec::new());
-        self.walk(&RelPath::root(), rules, &opts.only, &out, &errors);
-        let chunks = out.into_inner().expect("lock");
+        let runs = self.walk(&RelPath::root(), rules, &opts.only, &errors);
+        timing.mark("  walk");
         let mut errors = errors.into_inner().expect("lock");
-        // Sort by path without moving the (large) entries around while comparing: sort
-        // indices, then apply the permutation in place (no second copy of the entries).
+        // The walk yields path order already (checked in debug builds).
         let mut entries: Vec<(RelPath, Entry)> =
-            Vec::with_capacity(chunks.iter().map(Vec::len).sum());
-        for c in chunks {
-            entries.extend(c);
+            Vec::with_capacity(runs.iter().map(Vec::len).sum());
+        for r in runs {
+            entries.extend(r);
         }
-        let mut order: Vec<u32> = (0..entries.len() as u32).collect();
-        order.par_sort_unstable_by(|&x, &y| entries[x as usize].0.cmp(&entries[y as usize].0));
-        apply_permutation(&mut entries, &mut order);
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
 
         // Fast check: merge-join with the sorted cache; what does not match is hashed.
         let mut todo = Vec::new();
@@ -622,6 +657,7 @@ impl Replica for LocalReplica {
             }
             todo.push(i);
         }
+        timing.mark("  fast check");
         let hashed: Vec<(usize, std::result::Result<Hash, String>)> = todo
             .par_iter()
             .map(|&i| {
@@ -689,9 +725,11 @@ impl Replica for LocalReplica {
             let mut verified = None;
             match src.local_root() {
                 Some(root) if meta.size <= SMALL_FILE => {
+                    // Read into a buffer sized from the scan (one byte more, to see growth)
+                    // without the size probes `read_to_end` makes on a `File`.
                     let mut buf = Vec::with_capacity(meta.size as usize + 1);
                     File::open(path.to_fs(root))
-                        .and_then(|mut f| f.read_to_end(&mut buf))
+                        .and_then(|f| f.take(SMALL_FILE + 1).read_to_end(&mut buf))
                         .map_err(io_err(path))?;
                     verified = Some((Hash::of(&buf), buf.len() as u64));
                     out.write_all(&buf).map_err(io_err(path))?;
@@ -1125,18 +1163,42 @@ impl Replica for LocalReplica {
 
 #[cfg(test)]
 mod tests {
-    use super::apply_permutation;
+    use super::*;
 
+    /// The walk yields byte order of whole paths without a global sort, including the
+    /// cases where a subtree does not follow its directory's own entry (`a` < `a.txt` <
+    /// `a/x`) and names sorting around '/'.
     #[test]
-    fn permutation_is_applied_in_place() {
-        let mut v = vec!["d", "b", "a", "c", "e"];
-        // sorted order of indices: a(2) b(1) c(3) d(0) e(4)
-        let mut order = vec![2, 1, 3, 0, 4];
-        apply_permutation(&mut v, &mut order);
-        assert_eq!(v, vec!["a", "b", "c", "d", "e"]);
-        let mut v: Vec<u32> = (0..100).rev().collect();
-        let mut order: Vec<u32> = (0..100).rev().collect();
-        apply_permutation(&mut v, &mut order);
-        assert_eq!(v, (0..100).collect::<Vec<_>>());
+    fn walk_yields_path_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let names = [
+            "a", "a.txt", "a-b", "a0", "a/x", "a/x.y", "a/x/z", "a/x!", "b", "b/c/d/e", "b/c.d",
+            "b/c/d.e", "B", "é", "é/z", "z!", "z", "z/1", "z/0/0", "z.", "zz/y",
+        ];
+        let dirs = ["a", "a/x", "b", "b/c", "b/c/d", "é", "z", "z/0", "zz"];
+        for d in dirs {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for n in names {
+            if !dirs.contains(&n) {
+                fs::write(root.join(n), n).unwrap();
+            }
+        }
+        let rep = LocalReplica::new(root.to_path_buf(), "t".into());
+        let text = "[replicas]\na = \"/x\"\nb = \"/y\"\n";
+        let profile = crate::config::Profile::parse("t", text, "t.toml").unwrap();
+        let rules = Rules::compile(&profile).unwrap();
+        let scan = rep
+            .scan(&rules, &CacheBlob::default(), &ScanOptions::default())
+            .unwrap();
+        let got: Vec<&str> = scan.entries.iter().map(|(p, _)| p.as_str()).collect();
+        let mut want: Vec<&str> = got.clone();
+        want.sort();
+        assert_eq!(got, want);
+        let mut all: Vec<&str> = names.iter().chain(dirs.iter()).copied().collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(got, all);
     }
 }
