@@ -28,6 +28,9 @@ pub const META_DIR: &str = ".fedsync";
 /// same timestamp tick would not change size or mtime (the "racily clean" problem).
 pub const RACY_NS: i64 = 2_000_000_000;
 
+/// A scan's entries as runs, each sorted, in path order one after the other.
+type Runs = Vec<Vec<(RelPath, Entry)>>;
+
 pub struct LocalReplica {
     root: PathBuf,
     label: String,
@@ -360,7 +363,7 @@ impl LocalReplica {
         rules: &Rules,
         only: &[RelPath],
         errors: &Mutex<Vec<(RelPath, String)>>,
-    ) -> Vec<Vec<(RelPath, Entry)>> {
+    ) -> Runs {
         let abs = self.abs(dir);
         let rd = match fs::read_dir(&abs) {
             Ok(rd) => rd,
@@ -444,7 +447,7 @@ impl LocalReplica {
             }
             own.push(Some((rel, entry)));
         }
-        let mut subs: Vec<Option<Vec<Vec<(RelPath, Entry)>>>> = subdirs
+        let mut subs: Vec<Option<Runs>> = subdirs
             .par_iter()
             .map(|d| Some(self.walk(d, rules, only, errors)))
             .collect();
