@@ -1587,12 +1587,10 @@ impl Replica for RemoteReplica {
             return Ok(None);
         }
         drop(src.open(path)?); // refuses symlinked parents at the source
-        let mut input = File::open(path.to_fs(root)).map_err(io_err(path))?;
-        // The source must be exactly the target's content plus a tail.
-        let prefix = crate::merge::hash_prefix(&mut input, expect.size).map_err(io_err(path))?;
-        if prefix != old_hash {
+        let Some(input) = crate::replica::local::grown_source(root, path, expect.size, old_hash)?
+        else {
             return Ok(None);
-        }
+        };
         let handle = self.conn.handle();
         match self.conn.call(&Req::AppendBegin {
             handle,

@@ -499,6 +499,20 @@ impl LocalReplica {
     }
 }
 
+/// The source file at `path` under `src_root` when it is exactly the target's content (`len`
+/// bytes hashing to `old_hash`) plus a tail: append-only growth. The file is returned
+/// positioned right after that prefix; `None` when the source is not such a growth.
+pub(crate) fn grown_source(
+    src_root: &Path,
+    path: &RelPath,
+    len: u64,
+    old_hash: Hash,
+) -> Result<Option<File>> {
+    let mut input = File::open(path.to_fs(src_root)).map_err(io_err(path))?;
+    let prefix = crate::merge::hash_prefix(&mut input, len).map_err(io_err(path))?;
+    Ok((prefix == old_hash).then_some(input))
+}
+
 /// Rename without replacing an existing `to` (RENAME_NOREPLACE; on filesystems without
 /// it, a check right before a plain rename).
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
@@ -1066,13 +1080,9 @@ impl Replica for LocalReplica {
         if let Some(e) = crate::faults::fail(path.as_str()) {
             return Err(io_err(path)(e));
         }
-        // The source must be exactly the target's content plus a tail.
-        let src_path = path.to_fs(src_root);
-        let mut input = File::open(&src_path).map_err(io_err(path))?;
-        let prefix = crate::merge::hash_prefix(&mut input, expect.size).map_err(io_err(path))?;
-        if prefix != old_hash {
+        let Some(mut input) = grown_source(src_root, path, expect.size, old_hash)? else {
             return Ok(None);
-        }
+        };
         self.recheck(path, Some(expect))?;
         let dst = self.abs(path);
         let mut out = fs::OpenOptions::new()
