@@ -7,7 +7,7 @@ use crate::audit::{AuditLog, Record};
 use crate::config::{ConfigError, DeleteLimit, Policy, Profile, ReplicaAddr, ReplicaSpec};
 use crate::entry::{Entry, Hash, Kind};
 use crate::path::RelPath;
-use crate::reconcile::{self, Action, Input, Item, PairCtx, Side};
+use crate::reconcile::{self, Action, InputRef, Item, PairCtx, Side};
 use crate::replica::local::LocalReplica;
 use crate::replica::{Probe, Replica, ReplicaError, ScanOptions, Staged};
 use crate::rules::Rules;
@@ -238,13 +238,22 @@ impl Timing {
     }
     pub(crate) fn mark(&self, what: &str) {
         if let Some(c) = &self.0 {
-            let rss_mb = std::fs::read_to_string("/proc/self/statm")
-                .ok()
-                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .map_or(0, |pages| pages * 4096 / 1_000_000);
+            // Resident memory: anonymous (heap) and file-backed (binary, mapped files).
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let kb = |key: &str| -> u64 {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0)
+            };
             eprintln!(
-                "timing: {what:<12} {:>8.1} ms  rss {rss_mb} MB",
-                c.get().elapsed().as_secs_f64() * 1e3
+                "timing: {what:<12} {:>8.1} ms  rss {} MB (anon {}, file {}, peak {})",
+                c.get().elapsed().as_secs_f64() * 1e3,
+                kb("VmRSS:") / 1000,
+                kb("RssAnon:") / 1000,
+                kb("RssFile:") / 1000,
+                kb("VmHWM:") / 1000,
             );
             c.set(Instant::now());
         }
@@ -843,16 +852,17 @@ fn drop_empty_containers(entries: &mut Vec<(RelPath, Entry)>, rules: &Rules) {
     entries.retain(|_| it.next().unwrap_or(true));
 }
 
-/// The per-path inputs: base ∪ A ∪ B (each sorted by path), merged in order as a stream
-/// (never materialized: reconcile consumes it), with unreadable subtrees marked.
+/// The per-path inputs: base ∪ A ∪ B (each sorted by path), merged in order as a stream of
+/// borrowed entries (never materialized: reconcile consumes it), with unreadable subtrees
+/// marked.
 pub fn build_inputs<'a>(
-    base: Vec<(RelPath, Entry)>,
-    a: Vec<(RelPath, Entry)>,
-    b: Vec<(RelPath, Entry)>,
+    base: &'a [(RelPath, Entry)],
+    a: &'a [(RelPath, Entry)],
+    b: &'a [(RelPath, Entry)],
     errors: [&'a [(RelPath, String)]; 2],
     names: [&'a str; 2],
     only: &'a [RelPath],
-) -> impl Iterator<Item = (RelPath, Input)> + 'a {
+) -> impl Iterator<Item = (&'a RelPath, InputRef<'a>)> + 'a {
     // A lower bound of the union's size (for the caller's allocation); `--paths` may
     // leave out any part of it.
     let lower = if only.is_empty() {
@@ -861,9 +871,9 @@ pub fn build_inputs<'a>(
         0
     };
     let mut its = [
-        base.into_iter().peekable(),
-        a.into_iter().peekable(),
-        b.into_iter().peekable(),
+        base.iter().peekable(),
+        a.iter().peekable(),
+        b.iter().peekable(),
     ];
     let errs: [HashMap<&str, &str>; 2] = errors.map(|es| {
         es.iter()
@@ -872,8 +882,8 @@ pub fn build_inputs<'a>(
     });
     let any_errors = errs.iter().any(|e| !e.is_empty());
     let stream = std::iter::from_fn(move || loop {
-        // The first stream holding the smallest path gives its path (no copy); the later
-        // ones holding the same path give only their entry.
+        // The first stream holding the smallest path gives its path; the later ones
+        // holding the same path give only their entry.
         let mut first: Option<(usize, &RelPath)> = None;
         for (k, it) in its.iter_mut().enumerate() {
             if let Some((p, _)) = it.peek() {
@@ -883,11 +893,11 @@ pub fn build_inputs<'a>(
             }
         }
         let (m, _) = first?;
-        let mut slots: [Option<Entry>; 3] = [None, None, None];
+        let mut slots: [Option<&Entry>; 3] = [None, None, None];
         let (path, e) = its[m].next().expect("peeked");
         slots[m] = Some(e);
         for (k, it) in its.iter_mut().enumerate().skip(m + 1) {
-            if it.peek().is_some_and(|(p, _)| *p == path) {
+            if it.peek().is_some_and(|(p, _)| p == path) {
                 slots[k] = it.next().map(|(_, e)| e);
             }
         }
@@ -913,7 +923,7 @@ pub fn build_inputs<'a>(
         let [base, a, b] = slots;
         return Some((
             path,
-            Input {
+            InputRef {
                 base,
                 a,
                 b,
@@ -982,8 +992,7 @@ impl Engine<'_> {
         // Scan both sides at once.
         let cache_a = self.store.load_cache(&ids[0])?;
         let cache_b = self.store.load_cache(&ids[1])?;
-        let base = self.store.load_base(pair)?;
-        timing.mark("load state");
+        timing.mark("load caches");
         let sopts = ScanOptions {
             checksum: self.opts.checksum,
             only: self.opts.paths.clone(),
@@ -991,13 +1000,19 @@ impl Engine<'_> {
         let rules = self.rules;
         self.progress
             .scanning(&format!("{} and {}", names[0], names[1]));
-        let (scan_a, scan_b) = rayon::join(
-            || ra.scan(rules, &cache_a, &sopts),
-            || rb.scan(rules, &cache_b, &sopts),
-        );
         let cache_deltas = [cache_a.delta_len(), cache_b.delta_len()];
-        drop((cache_a, cache_b));
+        // Each side's cache is freed as soon as that side's scan is done with it.
+        let scan_with = |r: &Arc<dyn Replica>, cache: crate::store::CacheBlob| {
+            let scan = r.scan(rules, &cache, &sopts);
+            drop(cache);
+            scan
+        };
+        let (scan_a, scan_b) = rayon::join(|| scan_with(&ra, cache_a), || scan_with(&rb, cache_b));
         timing.mark("scan");
+        // The base is loaded only now: it is not needed during the walk, and the caches
+        // are gone (lower peak memory).
+        let base = self.store.load_base(pair)?;
+        timing.mark("load base");
         let (mut scan_a, mut scan_b) = match (scan_a, scan_b) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) => {
@@ -1060,10 +1075,14 @@ impl Engine<'_> {
             std::mem::take(&mut scan_b.hashed_paths),
         ];
         let scan_started = scan_a.started_ns.min(scan_b.started_ns);
+        // The scans and the base stay alive until the end of the pair: reconcile's
+        // unchanged rows borrow from them.
+        let entries_a = std::mem::take(&mut scan_a.entries);
+        let entries_b = std::mem::take(&mut scan_b.entries);
         let inputs = build_inputs(
-            base,
-            std::mem::take(&mut scan_a.entries),
-            std::mem::take(&mut scan_b.entries),
+            &base,
+            &entries_a,
+            &entries_b,
             [&scan_a.errors, &scan_b.errors],
             [&names[0], &names[1]],
             &self.opts.paths,
@@ -1073,7 +1092,11 @@ impl Engine<'_> {
             stamp: self.stamp.to_string(),
         };
         timing.mark("inputs");
-        let mut items = reconcile::reconcile(inputs, &|p, d| rules.for_path(p, d), &pctx);
+        let reconcile::Reconciled {
+            mut items,
+            unchanged,
+        } = reconcile::reconcile_split(inputs, &|p, d| rules.for_path(p, d), &pctx);
+        let tree_len = items.len() + unchanged.len();
         timing.mark("reconcile");
         // Validators and merges: the decisions that read content.
         let merged = crate::content::settle(
@@ -1155,6 +1178,7 @@ impl Engine<'_> {
             ids: &ids,
             pctx: &pctx,
             items: &items,
+            unchanged: &unchanged,
             outcomes: vec![None; items.len()],
             ops: Vec::new(),
             bytes: vec![0; items.len()],
@@ -1178,7 +1202,7 @@ impl Engine<'_> {
         } = ap;
         // Fold the per-path base changes into a new snapshot once they are a noticeable
         // share of the tree: a run with a few changes writes a few rows, not the whole base.
-        if self.store.base_delta_len(pair)? > compact_threshold(items.len()) {
+        if self.store.base_delta_len(pair)? > compact_threshold(tree_len) {
             self.store.compact_base(pair)?;
         }
         for (i, it) in items.iter().enumerate() {
@@ -1317,10 +1341,19 @@ fn target_side(a: &Action) -> Option<Side> {
 
 fn tally(report: &mut PairReport, items: &[Item]) {
     let mut c = Counts::default();
-    let by_path: HashMap<&str, &Item> = items.iter().map(|i| (i.path.as_str(), i)).collect();
+    // Items are sorted by path (reconcile's contract): no map of the whole tree.
+    let find = |p: &str| -> &Item {
+        match items.binary_search_by(|it| it.path.as_str().cmp(p)) {
+            Ok(i) => &items[i],
+            Err(_) => items
+                .iter()
+                .find(|it| it.path.as_str() == p)
+                .expect("every reported path has an item"),
+        }
+    };
     let mut worst = PairStatus::Ok;
     for r in &report.items {
-        let it = by_path[r.path.as_str()];
+        let it = find(r.path.as_str());
         match &r.outcome {
             Outcome::Skipped(_) => {
                 c.skipped += 1;
@@ -1395,6 +1428,8 @@ struct Applier<'e, 'a> {
     ids: &'e [String; 2],
     pctx: &'e PairCtx,
     items: &'e [Item],
+    /// The paths unchanged everywhere (sorted), not in `items`.
+    unchanged: &'e [reconcile::Unchanged<'e>],
     outcomes: Vec<Option<Outcome>>,
     ops: Vec<StateOp>,
     bytes: Vec<u64>,
@@ -1468,9 +1503,10 @@ impl Applier<'_, '_> {
                         return true;
                     }
                     c.reason.starts_with("review:")
-                        && items
-                            .binary_search_by(|it| it.path.cmp(&p))
-                            .is_ok_and(|i| matches!(items[i].decision.action, Action::None))
+                        && match items.binary_search_by(|it| it.path.cmp(&p)) {
+                            Ok(i) => matches!(items[i].decision.action, Action::None),
+                            Err(_) => self.unchanged.binary_search_by(|u| u.path.cmp(&p)).is_ok(),
+                        }
                 })
                 .collect();
             self.reviews_kept = review
@@ -1800,18 +1836,22 @@ impl Applier<'_, '_> {
                 continue;
             }
             let changes = hp.len() + over.len();
-            if changes + deltas[side.idx()] <= compact_threshold(self.items.len()) {
+            let tree_len = self.items.len() + self.unchanged.len();
+            if changes + deltas[side.idx()] <= compact_threshold(tree_len) {
                 let mut rows: Vec<(RelPath, Option<Cached>)> = Vec::with_capacity(changes);
                 for p in hp {
                     if over.contains_key(p) {
                         continue;
                     }
-                    let row = self
-                        .items
-                        .binary_search_by(|it| it.path.cmp(p))
-                        .ok()
-                        .and_then(|i| self.items[i].side(side))
-                        .and_then(row_of);
+                    let row = match self.items.binary_search_by(|it| it.path.cmp(p)) {
+                        Ok(i) => self.items[i].side(side),
+                        Err(_) => self
+                            .unchanged
+                            .binary_search_by(|u| u.path.cmp(p))
+                            .ok()
+                            .map(|i| self.unchanged[i].side(side)),
+                    }
+                    .and_then(row_of);
                     rows.push((p.clone(), row));
                 }
                 for (p, r) in over {
@@ -1822,20 +1862,27 @@ impl Applier<'_, '_> {
                     .save_cache_deltas(&self.ids[side.idx()], &rows)?;
                 continue;
             }
-            let mut rows: Vec<(RelPath, Cached)> = Vec::with_capacity(self.items.len());
-            for it in self.items {
-                let row = match over.get(&it.path) {
+            let mut rows: Vec<(RelPath, Cached)> = Vec::with_capacity(tree_len);
+            let all = self
+                .items
+                .iter()
+                .map(|it| (&it.path, it.side(side)))
+                .chain(self.unchanged.iter().map(|u| (u.path, Some(u.side(side)))));
+            for (path, e) in all {
+                let row = match over.get(path) {
                     Some(r) => r.clone().filter(|c| c.mtime < limit),
-                    None => it.side(side).and_then(row_of),
+                    None => e.and_then(row_of),
                 };
                 if let Some(c) = row {
-                    rows.push((it.path.clone(), c));
+                    rows.push((path.clone(), c));
                 }
             }
             // Paths written under another name (keep-both asides) are not items.
             for (p, r) in over {
                 if let Some(c) = r.as_ref().filter(|c| c.mtime < limit) {
-                    if self.items.binary_search_by(|it| it.path.cmp(p)).is_err() {
+                    if self.items.binary_search_by(|it| it.path.cmp(p)).is_err()
+                        && self.unchanged.binary_search_by(|u| u.path.cmp(p)).is_err()
+                    {
                         rows.push((p.clone(), c.clone()));
                     }
                 }
@@ -2304,35 +2351,52 @@ impl Applier<'_, '_> {
                 }
                 _ => continue,
             };
-            let Some(hash) = hash else { continue };
-            let Some(e) = it.side(side).filter(|e| e.is_file()) else {
-                continue;
-            };
-            if e.size > crate::content::MAX_BASE_CONTENT {
-                continue;
+            if let (Some(hash), Some(e)) = (hash, it.side(side)) {
+                self.keep_base_content(&it.path, side, e, hash)?;
             }
-            let hex = hash.to_hex();
-            if self
-                .eng
+        }
+        for u in self.unchanged {
+            let pr = rules.for_path(u.path, false);
+            if matches!(pr.merge, Some(MergeKind::Text | MergeKind::Union)) {
+                if let Some(hash) = u.a.hash {
+                    self.keep_base_content(u.path, Side::A, u.a, hash)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Store the synced content of `path` (as it is on `side`, hashing to `hash`) as its
+    /// merge base, unless it is too large or already stored.
+    fn keep_base_content(
+        &self,
+        path: &RelPath,
+        side: Side,
+        e: &Entry,
+        hash: Hash,
+    ) -> Result<(), EngineError> {
+        if !e.is_file() || e.size > crate::content::MAX_BASE_CONTENT {
+            return Ok(());
+        }
+        let hex = hash.to_hex();
+        if self
+            .eng
+            .store
+            .base_content_hash(self.pair, path)?
+            .as_deref()
+            == Some(&hex)
+        {
+            return Ok(());
+        }
+        let Ok(data) =
+            crate::content::read_capped(self.rep(side), path, crate::content::MAX_BASE_CONTENT)
+        else {
+            return Ok(());
+        };
+        if Hash::of(&data) == hash {
+            self.eng
                 .store
-                .base_content_hash(self.pair, &it.path)?
-                .as_deref()
-                == Some(&hex)
-            {
-                continue;
-            }
-            let Ok(data) = crate::content::read_capped(
-                self.rep(side),
-                &it.path,
-                crate::content::MAX_BASE_CONTENT,
-            ) else {
-                continue;
-            };
-            if Hash::of(&data) == hash {
-                self.eng
-                    .store
-                    .set_base_content(self.pair, &it.path, &hex, &data)?;
-            }
+                .set_base_content(self.pair, path, &hex, &data)?;
         }
         Ok(())
     }

@@ -91,11 +91,24 @@ impl RelPath {
         if name.contains('/') || name.is_empty() {
             return Err(PathError::EmptyComponent(format!("{}/{}", self.0, name)));
         }
-        if self.is_root() {
-            RelPath::new(name)
-        } else {
-            RelPath::new(&format!("{}/{}", self.0, name))
+        // `self` is valid already: only the new component is checked (the scan joins
+        // every name it lists), and the path is built in one exact allocation.
+        if name.contains(['\0', '\\']) || name == "." || name == ".." {
+            // The full check, for its error.
+            return if self.is_root() {
+                RelPath::new(name)
+            } else {
+                RelPath::new(&format!("{}/{}", self.0, name))
+            };
         }
+        if self.is_root() {
+            return Ok(RelPath(name.to_string()));
+        }
+        let mut s = String::with_capacity(self.0.len() + 1 + name.len());
+        s.push_str(&self.0);
+        s.push('/');
+        s.push_str(name);
+        Ok(RelPath(s))
     }
 
     /// The parent directory, `None` for the root.

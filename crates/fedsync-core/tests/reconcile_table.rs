@@ -1120,3 +1120,32 @@ fn distinct_names_are_not_collisions() {
         ],
     ));
 }
+
+/// A keep-both copy never lands on a name a synced file already has, even when that file is
+/// unchanged everywhere (the engine keeps such paths apart from the items, so the aside
+/// check must look there too).
+#[test]
+fn keep_both_aside_skips_the_name_of_an_unchanged_file() {
+    assert_scenario(sc(
+        "aside_name_taken_by_unchanged_file",
+        vec![
+            (
+                "docs/report.txt",
+                file("v0", RW),
+                file("ours", RW).at(T2),
+                file("theirs", RW).at(T1),
+            ),
+            (
+                "docs/report.conflict-server-20261122-103000.txt",
+                file("old copy", RW),
+                file("old copy", RW),
+                file("old copy", RW),
+            ),
+        ],
+        vec![(
+            "docs/report.txt",
+            keep_both(A, "docs/report.conflict-server-20261122-103000-2.txt"),
+            CONFLICT,
+        )],
+    ));
+}

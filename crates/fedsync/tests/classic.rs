@@ -129,3 +129,33 @@ fn classic_second_run_does_nothing() {
     assert_eq!(tree_snapshot(&fx.a), sa);
     assert_eq!(tree_snapshot(&fx.b), sb);
 }
+
+/// A file touched without a change of content is hashed once, by the run that sees the new
+/// mtime; that run records the file's new state in the scan cache, so the next run hashes
+/// nothing. (The engine keeps paths unchanged everywhere apart from its items; their cache
+/// rows must still be written.)
+#[test]
+fn a_touched_unchanged_file_is_hashed_once() {
+    let fx = Fx::new();
+    for i in 0..5 {
+        fx.write(&fx.a, &format!("f{i}.txt"), format!("content {i}\n"));
+    }
+    fx.sync(&[]).ok();
+    let rep = fx.sync_json(0, &[]);
+    assert_eq!(rep["pairs"][0]["hashed_files"], 0, "no-op re-hashed: {rep}");
+
+    // Same bytes, new mtime, on both sides: nothing to sync, but the files are re-read.
+    write_at(&fx.a, "f1.txt", "content 1\n", 1_700_000_100);
+    write_at(&fx.b, "f1.txt", "content 1\n", 1_700_000_200);
+    let rep = fx.sync_json(0, &[]);
+    assert_eq!(rep["pairs"][0]["hashed_files"], 2, "{rep}");
+    assert!(
+        rep["pairs"][0]["items"].as_array().unwrap().is_empty(),
+        "{rep}"
+    );
+    let rep = fx.sync_json(0, &[]);
+    assert_eq!(
+        rep["pairs"][0]["hashed_files"], 0,
+        "the touched file was hashed again: its cache row was lost: {rep}"
+    );
+}
