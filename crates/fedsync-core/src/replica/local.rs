@@ -356,14 +356,85 @@ impl LocalReplica {
     /// One directory's part of a scan, already in path order: runs of entries, with each
     /// subdirectory's runs spliced in where its paths sort (`name/...` sorts after a
     /// sibling `name.txt`, not right after `name`), so the whole scan comes out sorted
-    /// without sorting 100,000 long paths. Subdirectories are walked in parallel.
+    /// without sorting 100,000 long paths. The top levels are walked in parallel; below
+    /// [`PAR_DEPTH`] each subtree is walked by one thread into one run (few, large runs:
+    /// no per-directory vectors to copy and free).
     fn walk(
+        &self,
+        dir: &RelPath,
+        depth: usize,
+        rules: &Rules,
+        only: &[RelPath],
+        errors: &Mutex<Vec<(RelPath, String)>>,
+    ) -> Runs {
+        if depth >= PAR_DEPTH {
+            let mut run = Vec::new();
+            self.walk_seq(dir, rules, only, errors, &mut run);
+            return if run.is_empty() {
+                Vec::new()
+            } else {
+                vec![run]
+            };
+        }
+        let (own, subdirs) = self.list_dir(dir, rules, only, errors);
+        let mut subs: Vec<Option<Runs>> = subdirs
+            .par_iter()
+            .map(|d| Some(self.walk(d, depth + 1, rules, only, errors)))
+            .collect();
+        let order = sibling_order(&own, &subdirs);
+        let mut own: Vec<Option<(RelPath, Entry)>> = own.into_iter().map(Some).collect();
+        let mut runs = Vec::new();
+        let mut run = Vec::new();
+        for slot in order {
+            match slot {
+                Slot::Own(i) => run.push(own[i].take().expect("each entry once")),
+                Slot::Sub(j) => {
+                    let sub = subs[j].take().expect("each subdirectory once");
+                    if sub.is_empty() {
+                        continue;
+                    }
+                    if !run.is_empty() {
+                        runs.push(std::mem::take(&mut run));
+                    }
+                    runs.extend(sub);
+                }
+            }
+        }
+        if !run.is_empty() {
+            runs.push(run);
+        }
+        runs
+    }
+
+    /// [`Self::walk`] of one subtree on this thread, appending to `out` in path order.
+    fn walk_seq(
         &self,
         dir: &RelPath,
         rules: &Rules,
         only: &[RelPath],
         errors: &Mutex<Vec<(RelPath, String)>>,
-    ) -> Runs {
+        out: &mut Vec<(RelPath, Entry)>,
+    ) {
+        let (own, subdirs) = self.list_dir(dir, rules, only, errors);
+        let order = sibling_order(&own, &subdirs);
+        let mut own: Vec<Option<(RelPath, Entry)>> = own.into_iter().map(Some).collect();
+        for slot in order {
+            match slot {
+                Slot::Own(i) => out.push(own[i].take().expect("each entry once")),
+                Slot::Sub(j) => self.walk_seq(&subdirs[j], rules, only, errors, out),
+            }
+        }
+    }
+
+    /// The entries of one directory that the scan keeps, and the subdirectories to descend
+    /// into (unsorted).
+    fn list_dir(
+        &self,
+        dir: &RelPath,
+        rules: &Rules,
+        only: &[RelPath],
+        errors: &Mutex<Vec<(RelPath, String)>>,
+    ) -> (Vec<(RelPath, Entry)>, Vec<RelPath>) {
         let abs = self.abs(dir);
         let rd = match fs::read_dir(&abs) {
             Ok(rd) => rd,
@@ -372,11 +443,11 @@ impl LocalReplica {
                     .lock()
                     .expect("lock")
                     .push((dir.clone(), format!("cannot list directory: {e}")));
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             }
         };
         // Children kept, as (path, entry); subdirectories to descend into.
-        let mut own: Vec<Option<(RelPath, Entry)>> = Vec::new();
+        let mut own: Vec<(RelPath, Entry)> = Vec::new();
         let mut subdirs: Vec<RelPath> = Vec::new();
         for de in rd {
             let de = match de {
@@ -386,7 +457,7 @@ impl LocalReplica {
                         .lock()
                         .expect("lock")
                         .push((dir.clone(), format!("cannot list directory: {e}")));
-                    return Vec::new();
+                    return (Vec::new(), Vec::new());
                 }
             };
             let name = de.file_name();
@@ -445,58 +516,42 @@ impl LocalReplica {
             if is_dir && rules.should_descend(&rel) {
                 subdirs.push(rel.clone());
             }
-            own.push(Some((rel, entry)));
+            own.push((rel, entry));
         }
-        let mut subs: Vec<Option<Runs>> = subdirs
-            .par_iter()
-            .map(|d| Some(self.walk(d, rules, only, errors)))
-            .collect();
-
-        // Sibling order: an entry sorts by its name, a subdirectory's contents by
-        // `name/`. Names never hold '/', so each subtree is one contiguous block.
-        enum Slot {
-            Own(usize),
-            Sub(usize),
-        }
-        let key = |s: &Slot| -> (&str, bool) {
-            match s {
-                Slot::Own(i) => (own[*i].as_ref().expect("unused").0.file_name(), false),
-                Slot::Sub(j) => (subdirs[*j].file_name(), true),
-            }
-        };
-        let mut slots: Vec<Slot> = (0..own.len())
-            .map(Slot::Own)
-            .chain((0..subdirs.len()).map(Slot::Sub))
-            .collect();
-        slots.sort_unstable_by(|x, y| {
-            let (nx, sx) = key(x);
-            let (ny, sy) = key(y);
-            nx.bytes()
-                .chain(sx.then_some(b'/'))
-                .cmp(ny.bytes().chain(sy.then_some(b'/')))
-        });
-        let mut runs = Vec::new();
-        let mut run = Vec::new();
-        for s in slots {
-            match s {
-                Slot::Own(i) => run.push(own[i].take().expect("each entry once")),
-                Slot::Sub(j) => {
-                    let sub = subs[j].take().expect("each subdirectory once");
-                    if sub.is_empty() {
-                        continue;
-                    }
-                    if !run.is_empty() {
-                        runs.push(std::mem::take(&mut run));
-                    }
-                    runs.extend(sub);
-                }
-            }
-        }
-        if !run.is_empty() {
-            runs.push(run);
-        }
-        runs
+        own.shrink_to_fit();
+        (own, subdirs)
     }
+}
+
+/// Below this depth a subtree is walked by one thread (see [`LocalReplica::walk`]).
+const PAR_DEPTH: usize = 2;
+
+/// A directory's entries and subdirectories in path order (see [`LocalReplica::walk`]).
+enum Slot {
+    Own(usize),
+    Sub(usize),
+}
+
+/// Sibling order: an entry sorts by its name, a subdirectory's contents by `name/`. Names
+/// never hold '/', so each subtree is one contiguous block.
+fn sibling_order(own: &[(RelPath, Entry)], subdirs: &[RelPath]) -> Vec<Slot> {
+    let mut keyed: Vec<(&str, bool, Slot)> = own
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (p.file_name(), false, Slot::Own(i)))
+        .chain(
+            subdirs
+                .iter()
+                .enumerate()
+                .map(|(j, d)| (d.file_name(), true, Slot::Sub(j))),
+        )
+        .collect();
+    keyed.sort_unstable_by(|(nx, sx, _), (ny, sy, _)| {
+        nx.bytes()
+            .chain(sx.then_some(b'/'))
+            .cmp(ny.bytes().chain(sy.then_some(b'/')))
+    });
+    keyed.into_iter().map(|(_, _, s)| s).collect()
 }
 
 /// The source file at `path` under `src_root` when it is exactly the target's content (`len`
@@ -643,7 +698,7 @@ impl Replica for LocalReplica {
         let started = now_ns();
         let timing = crate::engine::Timing::new();
         let errors = Mutex::new(Vec::new());
-        let runs = self.walk(&RelPath::root(), rules, &opts.only, &errors);
+        let runs = self.walk(&RelPath::root(), 0, rules, &opts.only, &errors);
         timing.mark("  walk");
         let mut errors = errors.into_inner().expect("lock");
         // The walk yields path order already (checked in debug builds).
