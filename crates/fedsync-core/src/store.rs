@@ -194,15 +194,50 @@ fn encode_base(rows: &[(RelPath, Entry)]) -> Vec<u8> {
     encode_rows(b"FSB1", rows, encode_entry)
 }
 
-fn decode_base(mut b: &[u8]) -> Option<Vec<(RelPath, Entry)>> {
-    if take(&mut b, 4)? != b"FSB1" {
+/// A base snapshot (see [`encode_base`]) read from a stream: each row is gathered into a
+/// small buffer and decoded by [`decode_entry`].
+fn decode_base_from(mut r: impl std::io::Read) -> Option<Vec<(RelPath, Entry)>> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic).ok()?;
+    if &magic != b"FSB1" {
         return None;
     }
     let mut rows = Vec::new();
-    while !b.is_empty() {
-        let n = u32_(&mut b)? as usize;
-        let path = RelPath::new(std::str::from_utf8(take(&mut b, n)?).ok()?).ok()?;
-        rows.push((path, decode_entry(&mut b)?));
+    let mut path = Vec::new();
+    let mut rec = Vec::with_capacity(128);
+    loop {
+        let mut n = [0u8; 4];
+        match r.read(&mut n[..1]) {
+            Ok(0) => break,
+            Ok(_) => r.read_exact(&mut n[1..]).ok()?,
+            Err(_) => return None,
+        }
+        path.resize(u32::from_le_bytes(n) as usize, 0);
+        r.read_exact(&mut path).ok()?;
+        let path = RelPath::new(std::str::from_utf8(&path).ok()?).ok()?;
+        // kind, size, mtime, mode, hash flag; the hash; the link length; the link.
+        rec.clear();
+        rec.resize(22, 0);
+        r.read_exact(&mut rec).ok()?;
+        if rec[21] == 1 {
+            rec.resize(22 + 32, 0);
+            r.read_exact(&mut rec[22..]).ok()?;
+        }
+        let at = rec.len();
+        rec.resize(at + 4, 0);
+        r.read_exact(&mut rec[at..]).ok()?;
+        let link = u32::from_le_bytes(rec[at..].try_into().ok()?) as usize;
+        if link > 0 {
+            let at = rec.len();
+            rec.resize(at + link - 1, 0);
+            r.read_exact(&mut rec[at..]).ok()?;
+        }
+        let mut b = rec.as_slice();
+        let e = decode_entry(&mut b)?;
+        if !b.is_empty() {
+            return None;
+        }
+        rows.push((path, e));
     }
     Some(rows)
 }
@@ -392,15 +427,32 @@ impl Store {
     /// snapshot with the per-path changes written since applied on top.
     pub fn load_base(&self, pair: i64) -> Result<Vec<(RelPath, Entry)>> {
         let corrupt = |what: &str| StoreError::Corrupt(self.path.clone(), what.to_string());
-        let snap: Option<Vec<u8>> = self
+        // Streamed from the database (incremental blob I/O): a snapshot of tens of
+        // megabytes is never held whole next to what it decodes to.
+        let present = self
             .conn
-            .query_row("SELECT data FROM base_snap WHERE pair = ?1", [pair], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT 1 FROM base_snap WHERE pair = ?1",
+                [pair],
+                |_| Ok(()),
+            )
             .optional()
             .map_err(|e| self.err(e))?;
-        let snap = match snap {
-            Some(b) => decode_base(&b).ok_or_else(|| corrupt("base snapshot"))?,
+        let snap = match present {
+            Some(()) => {
+                let blob = self
+                    .conn
+                    .blob_open(
+                        rusqlite::DatabaseName::Main,
+                        "base_snap",
+                        "data",
+                        pair,
+                        true,
+                    )
+                    .map_err(|e| self.err(e))?;
+                decode_base_from(std::io::BufReader::with_capacity(1 << 20, blob))
+                    .ok_or_else(|| corrupt("base snapshot"))?
+            }
             None => Vec::new(),
         };
         let mut st = self
@@ -926,5 +978,64 @@ impl Batch<'_> {
         self.tx
             .commit()
             .map_err(|source| StoreError::Sqlite { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: Kind, hash: bool, link: Option<&str>) -> Entry {
+        Entry {
+            kind,
+            size: 1234,
+            mtime: -5,
+            mode: 0o755,
+            hash: hash.then(|| Hash::of(b"x")),
+            link: link.map(str::to_string),
+            stat: None,
+        }
+    }
+
+    #[test]
+    fn a_base_snapshot_streams_back_exactly_and_a_damaged_one_is_refused() {
+        let rows = vec![
+            (RelPath::new("a").unwrap(), entry(Kind::Dir, false, None)),
+            (
+                RelPath::new("a/f.txt").unwrap(),
+                entry(Kind::File, true, None),
+            ),
+            (
+                RelPath::new("a/l").unwrap(),
+                entry(Kind::Symlink, false, Some("../t")),
+            ),
+            (
+                RelPath::new("é/empty-link").unwrap(),
+                entry(Kind::Symlink, false, Some("")),
+            ),
+        ];
+        let blob = encode_base(&rows);
+        // Read through a reader that hands out 3 bytes at a time.
+        struct Slow<'a>(&'a [u8]);
+        impl std::io::Read for Slow<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(3).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let back = decode_base_from(Slow(&blob)).expect("decodes");
+        assert_eq!(back.len(), rows.len());
+        for ((p, e), (q, f)) in rows.iter().zip(&back) {
+            assert_eq!(p, q);
+            assert_eq!(format!("{e:?}"), format!("{f:?}"));
+        }
+        assert!(
+            decode_base_from(&blob[..blob.len() - 1]).is_none(),
+            "truncated"
+        );
+        assert!(decode_base_from(&b"FSX1"[..]).is_none(), "wrong magic");
+        assert_eq!(decode_base_from(&b"FSB1"[..]).unwrap().len(), 0);
     }
 }
