@@ -9,6 +9,7 @@ use crate::entry::{Entry, Hash, Kind};
 use crate::path::RelPath;
 use crate::reconcile::{self, Action, InputRef, Item, PairCtx, Side};
 use crate::replica::local::LocalReplica;
+use crate::replica::Scan;
 use crate::replica::{Probe, Replica, ReplicaError, ScanOptions, Staged};
 use crate::rules::Rules;
 use crate::store::{Cached, Store, StoreError};
@@ -852,6 +853,59 @@ fn drop_empty_containers(entries: &mut Vec<(RelPath, Entry)>, rules: &Rules) {
     entries.retain(|_| it.next().unwrap_or(true));
 }
 
+/// After a scan with [`ScanOptions::defer_hash`]: hash the files that must be compared
+/// (a file at the same path on the other side) or whose content rules read (validators,
+/// merges, SQLite write-ahead logs folded into their database's hash). The others keep
+/// `hash: None` and are hashed by the copy that reads them.
+fn hash_deferred(a: &mut Scan, b: &mut Scan, reps: [&dyn Replica; 2], rules: &Rules) {
+    hash_side(a, &b.entries, reps[0], rules);
+    hash_side(b, &a.entries, reps[1], rules);
+}
+
+fn hash_side(scan: &mut Scan, other: &[(RelPath, Entry)], rep: &dyn Replica, rules: &Rules) {
+    let needs = |p: &RelPath| {
+        p.as_str().ends_with("-wal")
+            || other
+                .binary_search_by(|(q, _)| q.cmp(p))
+                .is_ok_and(|i| other[i].1.is_file())
+            || {
+                let pr = rules.for_path(p, false);
+                pr.validate.is_some() || pr.merge.is_some()
+            }
+    };
+    let todo: Vec<usize> = scan
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, (p, e))| e.is_file() && e.hash.is_none() && needs(p))
+        .map(|(i, _)| i)
+        .collect();
+    let hashed: Vec<(usize, Result<Option<Entry>, String>)> = todo
+        .par_iter()
+        .map(|&i| {
+            let p = &scan.entries[i].0;
+            (i, rep.entry(p, true).map_err(|e| e.to_string()))
+        })
+        .collect();
+    for (i, r) in hashed {
+        match r {
+            Ok(Some(e)) if e.is_file() && e.hash.is_some() => {
+                scan.hashed_files += 1;
+                scan.hashed_bytes += e.size;
+                scan.hashed_paths.push(scan.entries[i].0.clone());
+                scan.entries[i].1 = e;
+            }
+            // Gone or replaced since the walk: the entry stays (never read as deleted)
+            // and is marked unreadable for this run.
+            Ok(_) => scan.errors.push((
+                scan.entries[i].0.clone(),
+                "changed while it was scanned".to_string(),
+            )),
+            Err(m) => scan.errors.push((scan.entries[i].0.clone(), m)),
+        }
+    }
+}
+
 /// The per-path inputs: base ∪ A ∪ B (each sorted by path), merged in order as a stream of
 /// borrowed entries (never materialized: reconcile consumes it), with unreadable subtrees
 /// marked.
@@ -993,9 +1047,16 @@ impl Engine<'_> {
         let cache_a = self.store.load_cache(&ids[0])?;
         let cache_b = self.store.load_cache(&ids[1])?;
         timing.mark("load caches");
+        // A first sync between local folders: files only one side has are hashed by the
+        // copy that reads them anyway (no base, so no rename to detect from their hashes).
+        let defer_hash = !self.opts.checksum
+            && ra.local_root().is_some()
+            && rb.local_root().is_some()
+            && (pair < 0 || self.store.base_is_empty(pair)?);
         let sopts = ScanOptions {
             checksum: self.opts.checksum,
             only: self.opts.paths.clone(),
+            defer_hash,
         };
         let rules = self.rules;
         self.progress
@@ -1041,6 +1102,9 @@ impl Engine<'_> {
                     Some(format!("cannot read the root of {}: {m}", names[s])),
                 ));
             }
+        }
+        if defer_hash {
+            hash_deferred(&mut scan_a, &mut scan_b, [ra.as_ref(), rb.as_ref()], rules);
         }
         fold_sqlite_wal(&mut scan_a.entries, rules);
         fold_sqlite_wal(&mut scan_b.entries, rules);
@@ -2234,8 +2298,16 @@ impl Applier<'_, '_> {
                                 .push(StateOp::Alias(j.dst.clone(), alias, h, j.meta.size));
                         }
                     }
+                    // A deferred hash (first sync) is the one of the bytes just copied; the
+                    // source's cache row gets it too (with the scanned stat, so a source
+                    // that changed meanwhile is hashed again next run).
+                    let mut meta = j.meta.clone();
+                    if meta.hash.is_none() && meta.is_file() {
+                        meta.hash = e.hash;
+                        self.cache_written(j.from, &j.src, &meta);
+                    }
                     self.ops
-                        .push(StateOp::SetBase(j.base_path.clone(), base_of(&j.meta)));
+                        .push(StateOp::SetBase(j.base_path.clone(), base_of(&meta)));
                     self.cache_written(to, &j.dst, &e);
                 }
                 self.eng.progress.advance(j.meta.size);

@@ -610,6 +610,18 @@ impl Store {
     }
 
     /// Per-path base changes written since the last snapshot.
+    /// Whether a pair has no base at all (its first sync).
+    pub fn base_is_empty(&self, pair: i64) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM base_snap WHERE pair = ?1) \
+                 AND NOT EXISTS (SELECT 1 FROM base_delta WHERE pair = ?1 AND entry IS NOT NULL)",
+                [pair],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     pub fn base_delta_len(&self, pair: i64) -> Result<usize> {
         self.conn
             .query_row(

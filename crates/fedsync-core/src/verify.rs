@@ -98,6 +98,7 @@ pub fn verify(home: &Home, profile: &Profile) -> Result<VerifyReport, EngineErro
         let opts = ScanOptions {
             checksum: true,
             only: Vec::new(),
+            defer_hash: false,
         };
         let scan = rep
             .scan(&rules, &CacheBlob::default(), &opts)

@@ -159,3 +159,39 @@ fn a_touched_unchanged_file_is_hashed_once() {
         "the touched file was hashed again: its cache row was lost: {rep}"
     );
 }
+
+/// A first sync into an empty folder reads each file once: the copy hashes what it reads
+/// (the scan hashes only files both sides have, to compare them). The hashes it records are
+/// real: the next run has nothing to do and hashes nothing, and a later edit is seen.
+#[test]
+fn a_first_sync_hashes_only_what_both_sides_have_and_records_true_hashes() {
+    // Old mtimes: a file written just before a scan is never trusted to the cache (racy
+    // mtime), which would make the hash counts depend on timing.
+    const T: i64 = 1_700_000_000;
+    let fx = Fx::new();
+    for i in 0..20 {
+        write_at(&fx.a, &format!("d/f{i}.txt"), format!("content {i}\n"), T);
+    }
+    write_at(&fx.a, "both.txt", "same\n", T);
+    write_at(&fx.b, "both.txt", "same\n", T);
+    let rep = fx.sync_json(0, &[]);
+    // both.txt on each side: 2; the 20 one-sided files are hashed by the copy.
+    assert_eq!(rep["pairs"][0]["hashed_files"], 2, "{rep}");
+    assert_eq!(rep["pairs"][0]["counts"]["to_b"], 21, "{rep}"); // d and its 20 files
+    for i in 0..20 {
+        assert_eq!(
+            read(&fx.b, &format!("d/f{i}.txt")),
+            format!("content {i}\n")
+        );
+    }
+    let rep = fx.sync_json(0, &[]);
+    assert_eq!(rep["pairs"][0]["hashed_files"], 0, "{rep}");
+    assert!(
+        rep["pairs"][0]["items"].as_array().unwrap().is_empty(),
+        "{rep}"
+    );
+    // A same-size edit with an older mtime: only the hash tells it apart from the base.
+    write_at(&fx.b, "d/f3.txt", "CONTENT 3\n", 1_600_000_000);
+    fx.sync(&[]).ok();
+    assert_eq!(read(&fx.a, "d/f3.txt"), "CONTENT 3\n");
+}

@@ -1118,10 +1118,15 @@ impl Agent {
             .and_then(|s| s.load_cache(CACHE_KEY).ok())
             .unwrap_or_default();
         let old_deltas = cache.delta_len();
-        let scan = match self
-            .rep
-            .scan(&rules, &cache, &ScanOptions { checksum, only })
-        {
+        let scan = match self.rep.scan(
+            &rules,
+            &cache,
+            &ScanOptions {
+                checksum,
+                only,
+                defer_hash: false,
+            },
+        ) {
             Ok(s) => s,
             Err(e) => return fail(w, WError::from_err(&e)),
         };

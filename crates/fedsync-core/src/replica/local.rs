@@ -730,6 +730,9 @@ impl Replica for LocalReplica {
             todo.push(i);
         }
         timing.mark("  fast check");
+        if opts.defer_hash && !opts.checksum {
+            todo.clear();
+        }
         let hashed: Vec<(usize, std::result::Result<Hash, String>)> = todo
             .par_iter()
             .map(|&i| {
@@ -830,7 +833,9 @@ impl Replica for LocalReplica {
                 Some(v) => v,
                 None => hash_file(&tmp).map_err(io_err(path))?,
             };
-            if Some(h) != meta.hash || len != meta.size {
+            // A deferred hash (first sync): what was read is what was written, and the
+            // size is the one scanned; the hash of these bytes becomes the file's.
+            if meta.hash.is_some_and(|m| m != h) || len != meta.size {
                 return Err(ReplicaError::HashMismatch(path.to_string()));
             }
             Ok(h)

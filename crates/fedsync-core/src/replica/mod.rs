@@ -64,6 +64,10 @@ pub struct ScanOptions {
     pub checksum: bool,
     /// Only these subtrees (and their ancestors); empty = the whole tree.
     pub only: Vec<RelPath>,
+    /// Leave files the scan cache does not vouch for unhashed (`hash: None`): the engine
+    /// hashes only those it must compare, and a copy hashes the rest as it reads them (a
+    /// first sync into an empty folder reads each file once, not twice).
+    pub defer_hash: bool,
 }
 
 /// The result of scanning one replica.
