@@ -1458,12 +1458,22 @@ fn tally(report: &mut PairReport, items: &[Item]) {
                 c.bytes_to_b += r.bytes / 2;
             }
             Action::KeepBoth { winner, .. } => {
+                // Two copies: the winner's content to the loser's side, the loser's (kept
+                // under the aside name) to the winner's side.
                 c.to_a += 1;
                 c.to_b += 1;
+                let to_loser = it
+                    .side(*winner)
+                    .filter(|e| e.is_file())
+                    .map_or(0, |e| e.size)
+                    .min(r.bytes);
+                let to_winner = r.bytes - to_loser;
                 if *winner == Side::A {
-                    c.bytes_to_b += r.bytes;
+                    c.bytes_to_b += to_loser;
+                    c.bytes_to_a += to_winner;
                 } else {
-                    c.bytes_to_a += r.bytes;
+                    c.bytes_to_a += to_loser;
+                    c.bytes_to_b += to_winner;
                 }
             }
             Action::Delete { on } => {

@@ -272,3 +272,17 @@ fn keep_both_twice_in_a_row_loses_nothing() {
         assert!(all.contains(&want.to_string()), "{want:?} lost: {all:?}");
     }
 }
+
+/// The summary of a keep-both counts each copy on the side it went to: the winner's bytes
+/// to the loser's side, the loser's (kept aside) to the winner's side.
+#[test]
+fn keep_both_byte_counts_go_to_the_side_each_copy_went_to() {
+    let fx = Fx::new();
+    base(&fx, "todo.txt", "base\n");
+    write_at(&fx.a, "todo.txt", "a (8 B)\n", 1_700_000_100);
+    write_at(&fx.b, "todo.txt", "b is newer (18 B)\n", 1_700_000_200);
+    let rep = fx.sync_json(0, &[]);
+    let c = &rep["pairs"][0]["counts"];
+    assert_eq!(c["bytes_to_a"], 18, "b's content replaces a's: {rep}");
+    assert_eq!(c["bytes_to_b"], 8, "a's content kept aside on b: {rep}");
+}
