@@ -212,3 +212,19 @@ fn directory_replaced_by_symlink_vs_edits_inside_is_a_conflict() {
     assert_eq!(read(&fx.a, "sub/new.txt"), "new\n");
     assert!(list(&outside, "").is_empty());
 }
+
+/// Every permission pattern arrives exactly, whether or not the umask would clear some of
+/// its bits at creation (group/other write, no bits at all).
+#[test]
+fn modes_the_umask_would_clear_arrive_exactly() {
+    let fx = Fx::new();
+    let modes = [0o600, 0o664, 0o666, 0o777, 0o700, 0o444, 0o000, 0o620];
+    for (i, m) in modes.iter().enumerate() {
+        let p = fx.write(&fx.a, &format!("m{i}"), "x");
+        set_mode(&p, *m);
+    }
+    fx.sync(&[]).ok();
+    for (i, m) in modes.iter().enumerate() {
+        assert_eq!(mode_of(&fx.b.join(format!("m{i}"))), *m, "mode {m:o}");
+    }
+}

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -523,6 +523,18 @@ impl LocalReplica {
     }
 }
 
+/// Whether a file created with `mode` gets exactly `mode`: plain permission bits that the
+/// process umask (read once, from /proc; unknown = no) does not clear.
+fn create_mode_kept(mode: u32) -> bool {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let umask = UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let v = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(v.trim(), 8).ok()
+    });
+    umask.is_some_and(|u| mode & !0o777 == 0 && mode & u == 0)
+}
+
 /// Below this depth a subtree is walked by one thread (see [`LocalReplica::walk`]).
 const PAR_DEPTH: usize = 2;
 
@@ -790,9 +802,12 @@ impl Replica for LocalReplica {
         }
         let (token, tmp) = self.tmp_path()?;
         let result = (|| -> Result<Hash> {
+            // Created with its final mode when the umask leaves it whole (no chmod per file).
+            let mode_at_create = create_mode_kept(meta.mode);
             let mut out = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(if mode_at_create { meta.mode } else { 0o600 })
                 .open(&tmp)
                 .map_err(io_err(path))?;
             // Small files: one read, hashed in memory, then written: the hash checked is the
@@ -820,8 +835,10 @@ impl Replica for LocalReplica {
                     io::copy(&mut input, &mut out).map_err(io_err(path))?;
                 }
             }
-            out.set_permissions(fs::Permissions::from_mode(meta.mode))
-                .map_err(io_err(path))?;
+            if !mode_at_create {
+                out.set_permissions(fs::Permissions::from_mode(meta.mode))
+                    .map_err(io_err(path))?;
+            }
             let mtime = filetime::FileTime::from_unix_time(
                 meta.mtime.div_euclid(1_000_000_000),
                 meta.mtime.rem_euclid(1_000_000_000) as u32,
