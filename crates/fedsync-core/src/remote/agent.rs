@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 const CACHE_DB: &str = "agent-cache.db";
 const CACHE_KEY: &str = "agent";
+/// With `FEDSYNC_TIMING`, requests that take at least this long are reported.
+const SLOW_REQUEST: Duration = Duration::from_millis(5);
 
 /// Name prefix of the journal an in-place append keeps in `.fedsync/tmp` while it runs.
 pub const APPEND_PREFIX: &str = "append-";
@@ -199,6 +201,8 @@ pub fn serve_io(
     // An append an earlier agent could not finish (killed, or its machine went down).
     agent.heal_appends();
     let shared = agent.shared.clone();
+    // Requests that take long, on stderr (run the agent with FEDSYNC_TIMING set).
+    let timing = std::env::var_os("FEDSYNC_TIMING").is_some();
     let result = (|| -> Result<(), String> {
         loop {
             let frame: Frame<Req> = match r.recv() {
@@ -217,9 +221,16 @@ pub fn serve_io(
                 agent.stop_watching();
             }
             let mut w = shared.lock().expect("lock");
+            let timed = timing.then(|| (frame.body.name(), Instant::now()));
             agent
                 .handle(frame.id, frame.body, &mut w)
                 .map_err(|e| format!("cannot write to the client: {e}"))?;
+            if let Some((what, t)) = timed.filter(|(_, t)| t.elapsed() >= SLOW_REQUEST) {
+                eprintln!(
+                    "timing: agent {what} {:.0} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
             if bye {
                 return Ok(());
             }

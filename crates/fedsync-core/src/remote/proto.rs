@@ -440,6 +440,47 @@ pub enum Req {
     Checkpoint,
 }
 
+impl Req {
+    /// The request's kind, for timing reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Req::Probe => "Probe",
+            Req::WriteMarker(_) => "WriteMarker",
+            Req::CleanTemp => "CleanTemp",
+            Req::Scan { .. } => "Scan",
+            Req::Hashes(_) => "Hashes",
+            Req::Entry { .. } => "Entry",
+            Req::Open { .. } => "Open",
+            Req::Read { .. } => "Read",
+            Req::PrefixHash { .. } => "PrefixHash",
+            Req::Groups { .. } => "Groups",
+            Req::Chunks { .. } => "Chunks",
+            Req::Close { .. } => "Close",
+            Req::PushBegin { .. } => "PushBegin",
+            Req::PushData { .. } => "PushData",
+            Req::PushEnd { .. } => "PushEnd",
+            Req::StageSymlink(_) => "StageSymlink",
+            Req::Discard(_) => "Discard",
+            Req::Flush => "Flush",
+            Req::Install { .. } => "Install",
+            Req::Remove { .. } => "Remove",
+            Req::Rename { .. } => "Rename",
+            Req::Mkdir { .. } => "Mkdir",
+            Req::SetMode { .. } => "SetMode",
+            Req::Bye => "Bye",
+            Req::ListVersions { .. } => "ListVersions",
+            Req::StageVersion(_) => "StageVersion",
+            Req::RemoveVersion(_) => "RemoveVersion",
+            Req::StagePrefix { .. } => "StagePrefix",
+            Req::AppendBegin { .. } => "AppendBegin",
+            Req::AppendEnd { .. } => "AppendEnd",
+            Req::Watch { .. } => "Watch",
+            Req::Entries(_) => "Entries",
+            Req::Checkpoint => "Checkpoint",
+        }
+    }
+}
+
 /// Agent -> client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Resp {
