@@ -632,21 +632,33 @@ pub fn plan_ops(plan: &GroupPlan, new_chunks: &[Vec<Sig>], basis_chunks: &[Vec<S
     ops
 }
 
-/// Writes the new file at the receiver, hashing exactly the bytes written.
+/// Copies at least this long are left to the kernel (`copy_file_range`).
+const KERNEL_COPY_MIN: u64 = 1 << 20;
+
+/// Writes the new file at the receiver and hashes what it wrote: the bytes as they pass,
+/// or, once the kernel has copied ranges of a basis file, the whole file read back at the
+/// end (from the page cache, on all cores), as a local copy does.
 pub struct Builder {
     out: io::BufWriter<File>,
     hasher: blake3::Hasher,
     written: u64,
     buf: Vec<u8>,
+    /// The kernel copied some ranges: the hash comes from reading the file back.
+    read_back: bool,
+    /// `copy_file_range` is not available between these files.
+    no_kernel_copy: bool,
 }
 
 impl Builder {
+    /// `out` must be open for reading too (the hash may be taken from it at the end).
     pub fn new(out: File) -> Builder {
         Builder {
             out: io::BufWriter::with_capacity(1 << 20, out),
             hasher: blake3::Hasher::new(),
             written: 0,
             buf: Vec::new(),
+            read_back: false,
+            no_kernel_copy: false,
         }
     }
 
@@ -656,13 +668,56 @@ impl Builder {
 
     pub fn data(&mut self, d: &[u8]) -> io::Result<()> {
         self.out.write_all(d)?;
-        self.hasher.update(d);
+        if !self.read_back {
+            self.hasher.update(d);
+        }
         self.written += d.len() as u64;
         Ok(())
     }
 
     /// Copy `len` bytes of `basis` from `offset`; a basis shorter than that is an error.
     pub fn copy(&mut self, basis: &File, offset: u64, len: u64) -> io::Result<()> {
+        if len >= KERNEL_COPY_MIN && !self.no_kernel_copy {
+            self.out.flush()?;
+            let mut off = offset;
+            let mut left = len;
+            while left > 0 {
+                // (The output's own file position advances: later writes follow on.)
+                let n = (left as usize).min(1 << 30);
+                match rustix::fs::copy_file_range(
+                    basis,
+                    Some(&mut off),
+                    self.out.get_ref(),
+                    None,
+                    n,
+                ) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the basis file changed during the transfer",
+                        ))
+                    }
+                    Ok(k) => {
+                        left -= k as u64;
+                        self.written += k as u64;
+                        self.read_back = true;
+                    }
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(
+                        rustix::io::Errno::XDEV
+                        | rustix::io::Errno::NOSYS
+                        | rustix::io::Errno::INVAL
+                        | rustix::io::Errno::OPNOTSUPP,
+                    ) => {
+                        // Not between these files: copy the rest through memory.
+                        self.no_kernel_copy = true;
+                        return self.copy(basis, off, left);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(());
+        }
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(1 << 20, 0);
         let mut done = 0u64;
@@ -688,6 +743,17 @@ impl Builder {
     /// Flush; the file, the hash and the length of what was written.
     pub fn finish(self) -> io::Result<(File, Hash, u64)> {
         let f = self.out.into_inner().map_err(|e| e.into_error())?;
+        if self.read_back {
+            let h = prefix_hash(&f, self.written)?;
+            // Nothing past what was written (the file is ours; a longer one is not it).
+            if f.metadata()?.len() != self.written {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the new file grew while it was written",
+                ));
+            }
+            return Ok((f, h, self.written));
+        }
         Ok((f, Hash(*self.hasher.finalize().as_bytes()), self.written))
     }
 
@@ -1008,15 +1074,30 @@ mod tests {
             }
         };
         let dir = std::env::var("MEASURE_DIR").unwrap_or_else(|_| "/tmp".into());
-        time("rebuild (copy + hash)", &|| {
-            let out = tempfile::tempfile_in(&dir).unwrap();
-            let mut b = Builder::new(out);
-            b.copy(&f, 0, n / 2).unwrap();
-            b.data(&data[(n / 2) as usize..(n / 2) as usize + 1024])
-                .unwrap();
-            b.copy(&f, n / 2 + 1024, n - n / 2 - 1024).unwrap();
-            b.finish().unwrap();
-        });
+        // (Files are kept: deleting large files slows file creation down for a while on
+        // filesystems with online discard.)
+        let seq = std::sync::atomic::AtomicUsize::new(0);
+        for kernel in [true, false, true, false] {
+            time(
+                &format!("rebuild (copy + hash), kernel copy {kernel}"),
+                &|| {
+                    let k = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let out = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(format!("{dir}/rebuild-{}-{k}", std::process::id()))
+                        .unwrap();
+                    let mut b = Builder::new(out);
+                    b.no_kernel_copy = !kernel;
+                    b.copy(&f, 0, n / 2).unwrap();
+                    b.data(&data[(n / 2) as usize..(n / 2) as usize + 1024])
+                        .unwrap();
+                    b.copy(&f, n / 2 + 1024, n - n / 2 - 1024).unwrap();
+                    b.finish().unwrap();
+                },
+            );
+        }
         time("StreamCDC (before)", &|| {
             reference_chunks(&f, 0, n);
         });

@@ -101,6 +101,7 @@ impl Receiving {
         let fresh = |tmp: &Path| -> io::Result<Receiving> {
             let out_path = tmp.join(format!("x-{}", new_token()));
             let out = fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .open(&out_path)?;
@@ -128,6 +129,7 @@ impl Receiving {
             _ => {}
         }
         let out = match fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&out_path)
