@@ -245,6 +245,45 @@ fn a_small_edit_in_a_big_file_sends_about_the_edit_both_ways() {
 }
 
 #[test]
+fn the_agent_keeps_the_signatures_of_what_it_received_and_insertions_stay_small() {
+    let r = Remote::new();
+    let fx = &r.fx;
+    // Large enough to be chunked on all cores (8 MiB segments).
+    let mut data = noise(20 << 20, 17);
+    fx.write(&fx.a, "big.bin", &data);
+    r.sync(&[]).ok();
+    let sigs = |r: &Remote| list(&r.fx.b, ".fedsync/sigs");
+    // An edit: the client hands the new file's signatures over with it.
+    data[12_000_000..12_001_024].copy_from_slice(&noise(1024, 18));
+    fx.write(&fx.a, "big.bin", &data);
+    let out = r.sync(&[]);
+    out.ok();
+    assert_eq!(read_bytes(&fx.b, "big.bin"), data);
+    assert_eq!(sigs(&r).len(), 1, "{:?}", sigs(&r));
+    // Insertions right at and just before a segment boundary: the chunks after them are
+    // found again, so only about the inserted bytes cross.
+    for (at, seed) in [(8 << 20, 19), ((16 << 20) - 300, 20)] {
+        data.splice(at..at, noise(777, seed));
+        fx.write(&fx.a, "big.bin", &data);
+        let out = r.sync(&[]);
+        out.ok();
+        let (sent, received) = wire(&out);
+        assert!(
+            sent < 200_000,
+            "sent {sent} for a 777-byte insertion: {out:?}"
+        );
+        assert!(received < 100_000, "received {received}: {out:?}");
+        assert_eq!(read_bytes(&fx.b, "big.bin"), data);
+    }
+    assert_eq!(sigs(&r).len(), 1, "{:?}", sigs(&r));
+    // Removed on the remote side with the file.
+    std::fs::remove_file(fx.a.join("big.bin")).unwrap();
+    r.sync(&["--force"]).ok();
+    assert!(!exists(&fx.b, "big.bin"));
+    assert!(sigs(&r).is_empty(), "{:?}", sigs(&r));
+}
+
+#[test]
 fn appending_sends_only_the_tail() {
     let r = Remote::new();
     let fx = &r.fx;

@@ -1896,6 +1896,17 @@ fn push_ops(
     let mut ours = Vec::new();
     delta::groups(f, 0, size, |s| ours.push(s)).map_err(io_err(path))?;
     laps.mark("our groups");
+    if conn.has("sigs1") {
+        // The agent keeps them for the next transfer of this file (no signature pass there).
+        let reqs: Vec<Req> = ours
+            .chunks(SIG_BATCH)
+            .map(|part| Req::PushSigs {
+                handle,
+                groups: part.to_vec(),
+            })
+            .collect();
+        conn.send(&reqs, false)?;
+    }
     let theirs: Vec<Vec<Sig>> = rxs.iter().map(|rx| conn.sigs(rx)).collect::<Result<_>>()?;
     laps.mark("their groups");
     let plan = delta::plan_groups(&ours, &theirs);
