@@ -189,9 +189,6 @@ fn merge_item(
     let (Some(a), Some(b)) = (it.a.as_ref(), it.b.as_ref()) else {
         return Err("one side is missing".into());
     };
-    if reps.iter().any(|r| r.local_root().is_none()) {
-        return Err("merging with an ssh:// replica is not supported by this build yet".into());
-    }
     let cap = merge::MAX_MERGE_BYTES as u64;
     if a.size > cap || b.size > cap {
         // Large append-only logs: decide from hashes without loading them.
@@ -295,19 +292,25 @@ fn append_large(
     reps: [&dyn Replica; 2],
     pctx: &PairCtx,
 ) -> Option<MergeResult> {
-    let (ra, rb) = (reps[0].local_root()?, reps[1].local_root()?);
     let (ha, hb) = (a.hash?, b.hash?);
-    let mut probe = merge::FileProbe {
-        a: it.path.to_fs(ra),
-        b: it.path.to_fs(rb),
-    };
     let (short, long, hs) = if a.size <= b.size {
         (Side::A, Side::B, ha)
     } else {
         (Side::B, Side::A, hb)
     };
     let len = it.side(short)?.size;
-    let prefix = merge::AppendProbe::prefix_hash(&mut probe, long, len).ok()?;
+    let prefix = match reps[long.idx()].as_remote() {
+        // An ssh:// replica hashes its own file's prefix.
+        Some(remote) => remote.prefix_hash(&it.path, len).ok()?,
+        None => {
+            let (ra, rb) = (reps[0].local_root()?, reps[1].local_root()?);
+            let mut probe = merge::FileProbe {
+                a: it.path.to_fs(ra),
+                b: it.path.to_fs(rb),
+            };
+            merge::AppendProbe::prefix_hash(&mut probe, long, len).ok()?
+        }
+    };
     if prefix != hs {
         return None;
     }

@@ -245,6 +245,45 @@ fn a_small_edit_in_a_big_file_sends_about_the_edit_both_ways() {
 }
 
 #[test]
+fn the_agent_keeps_the_signatures_of_what_it_received_and_insertions_stay_small() {
+    let r = Remote::new();
+    let fx = &r.fx;
+    // Large enough to be chunked on all cores (8 MiB segments).
+    let mut data = noise(20 << 20, 17);
+    fx.write(&fx.a, "big.bin", &data);
+    r.sync(&[]).ok();
+    let sigs = |r: &Remote| list(&r.fx.b, ".fedsync/sigs");
+    // An edit: the client hands the new file's signatures over with it.
+    data[12_000_000..12_001_024].copy_from_slice(&noise(1024, 18));
+    fx.write(&fx.a, "big.bin", &data);
+    let out = r.sync(&[]);
+    out.ok();
+    assert_eq!(read_bytes(&fx.b, "big.bin"), data);
+    assert_eq!(sigs(&r).len(), 1, "{:?}", sigs(&r));
+    // Insertions right at and just before a segment boundary: the chunks after them are
+    // found again, so only about the inserted bytes cross.
+    for (at, seed) in [(8 << 20, 19), ((16 << 20) - 300, 20)] {
+        data.splice(at..at, noise(777, seed));
+        fx.write(&fx.a, "big.bin", &data);
+        let out = r.sync(&[]);
+        out.ok();
+        let (sent, received) = wire(&out);
+        assert!(
+            sent < 200_000,
+            "sent {sent} for a 777-byte insertion: {out:?}"
+        );
+        assert!(received < 100_000, "received {received}: {out:?}");
+        assert_eq!(read_bytes(&fx.b, "big.bin"), data);
+    }
+    assert_eq!(sigs(&r).len(), 1, "{:?}", sigs(&r));
+    // Removed on the remote side with the file.
+    std::fs::remove_file(fx.a.join("big.bin")).unwrap();
+    r.sync(&["--force"]).ok();
+    assert!(!exists(&fx.b, "big.bin"));
+    assert!(sigs(&r).is_empty(), "{:?}", sigs(&r));
+}
+
+#[test]
 fn appending_sends_only_the_tail() {
     let r = Remote::new();
     let fx = &r.fx;
@@ -910,4 +949,147 @@ fn an_append_cut_short_is_undone_and_the_next_run_completes_it() {
         let (sent, _) = wire(&out);
         assert!(sent < (4 << 20) + 100_000, "{how}: sent {sent}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Merges with the remote side (merge = "union" | "text" | "append")
+
+const MERGE_RULES: &str = "[[rule]]\npaths = [\"lists/*.txt\"]\nmerge = \"union\"\n\n\
+    [[rule]]\npaths = [\"notes/**\"]\nmerge = \"text\"\n\n\
+    [[rule]]\npaths = [\"logs/*.jsonl\"]\nmerge = \"append\"\n";
+
+/// Both replicas hold exactly `want` at `rel`, and each kept its old copy as a version.
+#[track_caller]
+fn merged_on_both(r: &Remote, rel: &str, want: &str) {
+    for root in [&r.fx.a, &r.fx.b] {
+        assert_eq!(read(root, rel), want, "{rel} on {}", root.display());
+        assert!(
+            versions(root).iter().any(|(_, p)| p == rel),
+            "{rel}: no version kept on {}: {:?}",
+            root.display(),
+            versions(root)
+        );
+    }
+}
+
+#[test]
+fn merges_with_an_ssh_replica_write_the_result_to_both_sides() {
+    let r = Remote::new();
+    let fx = &r.fx;
+    r.profile("p", "", MERGE_RULES);
+    fx.write(&fx.a, "lists/words.txt", "alpha\nbeta\ngamma\n");
+    fx.write(&fx.a, "notes/plan.md", "l1\nl2\nl3\nl4\nl5\nl6\n");
+    fx.write(&fx.a, "logs/app.jsonl", "{\"n\":1}\n");
+    r.run(&["sync", "p"], &[]).ok();
+    assert_same_trees(&r);
+
+    fx.write(&fx.a, "lists/words.txt", "alpha\ngamma\ndelta\n");
+    fx.write(&fx.b, "lists/words.txt", "alpha\nzeta\nbeta\ngamma\n");
+    fx.write(&fx.a, "notes/plan.md", "l1\nl2 on a\nl3\nl4\nl5\nl6\n");
+    fx.write(
+        &fx.b,
+        "notes/plan.md",
+        "l1\nl2\nl3\nl4\nl5 on b\nl6\nl7 on b\n",
+    );
+    fx.append(&fx.a, "logs/app.jsonl", "{\"a\":1}\n");
+    fx.append(&fx.b, "logs/app.jsonl", "{\"b\":1}\n");
+    let out = r.run(&["sync", "p", "--json"], &[]);
+    out.ok();
+    let rep = out.json();
+    for p in ["lists/words.txt", "notes/plan.md", "logs/app.jsonl"] {
+        let it = item(&rep, p);
+        assert_eq!(it["action"], "merge", "{p}: {rep:#}");
+        assert_eq!(it["outcome"]["state"], "done", "{p}: {rep:#}");
+    }
+    assert_eq!(counts(&rep)["merged"], 3, "{rep:#}");
+    assert_eq!(counts(&rep)["conflicts"], 0, "{rep:#}");
+    merged_on_both(&r, "lists/words.txt", "alpha\nzeta\ngamma\ndelta\n");
+    merged_on_both(
+        &r,
+        "notes/plan.md",
+        "l1\nl2 on a\nl3\nl4\nl5 on b\nl6\nl7 on b\n",
+    );
+    merged_on_both(&r, "logs/app.jsonl", "{\"n\":1}\n{\"a\":1}\n{\"b\":1}\n");
+    // No conflict copies, no temporary files left on either side.
+    assert_eq!(list(&fx.a, "notes"), vec!["plan.md"]);
+    assert_eq!(list(&fx.b, "notes"), vec!["plan.md"]);
+    assert_same_trees(&r);
+    assert!(temp_files(&fx.a).is_empty(), "{:?}", temp_files(&fx.a));
+    assert!(temp_files(&fx.b).is_empty(), "{:?}", temp_files(&fx.b));
+    let again = r.run(&["sync", "p"], &[]);
+    again.ok();
+    assert!(again.stdout.contains("nothing to do"), "{again:?}");
+
+    // The merged text is the base of the next three-way merge, read back from the agent.
+    fx.write(
+        &fx.a,
+        "notes/plan.md",
+        "l0 on a\nl1\nl2 on a\nl3\nl4\nl5 on b\nl6\nl7 on b\n",
+    );
+    fx.write(
+        &fx.b,
+        "notes/plan.md",
+        "l1\nl2 on a\nl3\nl4 on b\nl5 on b\nl6\nl7 on b\n",
+    );
+    let out = r.run(&["sync", "p", "--json"], &[]);
+    out.ok();
+    assert_eq!(item(&out.json(), "notes/plan.md")["action"], "merge");
+    for root in [&fx.a, &fx.b] {
+        assert_eq!(
+            read(root, "notes/plan.md"),
+            "l0 on a\nl1\nl2 on a\nl3\nl4 on b\nl5 on b\nl6\nl7 on b\n"
+        );
+    }
+}
+
+#[test]
+fn overlapping_text_edits_with_an_ssh_replica_get_markers_on_both_sides() {
+    let r = Remote::new();
+    let fx = &r.fx;
+    r.profile("p", "", MERGE_RULES);
+    fx.write(&fx.a, "notes/plan.md", "l1\nl2\nl3\n");
+    r.run(&["sync", "p"], &[]).ok();
+    fx.write(&fx.a, "notes/plan.md", "l1\nA2\nl3\n");
+    fx.write(&fx.b, "notes/plan.md", "l1\nB2\nl3\n");
+    let out = r.run(&["sync", "p", "--json"], &[]);
+    out.code(1);
+    let rep = out.json();
+    let it = item(&rep, "notes/plan.md");
+    assert_eq!(it["action"], "merge", "{rep:#}");
+    assert_eq!(it["outcome"]["state"], "conflict", "{rep:#}");
+    merged_on_both(
+        &r,
+        "notes/plan.md",
+        "l1\n<<<<<<< a\nA2\n||||||| base\nl2\n=======\nB2\n>>>>>>> b\nl3\n",
+    );
+    assert_eq!(list(&fx.b, "notes"), vec!["plan.md"], "markers, not a copy");
+}
+
+#[test]
+fn a_large_log_on_the_ssh_side_that_only_grew_further_is_fast_forwarded() {
+    // Larger than the merge limit (64 MiB): decided from the agent's prefix hash.
+    let r = Remote::new();
+    let fx = &r.fx;
+    r.profile("p", "", MERGE_RULES);
+    let mut log = noise(65 << 20, 51);
+    log.push(b'\n');
+    fx.write(&fx.a, "logs/big.jsonl", &log);
+    r.run(&["sync", "p"], &[]).ok();
+    // Both appended the same first record; the remote side one more.
+    fx.append(&fx.a, "logs/big.jsonl", "{\"x\":1}\n");
+    fx.append(&fx.b, "logs/big.jsonl", "{\"x\":1}\n{\"x\":2}\n");
+    let out = r.run(&["sync", "p", "--json"], &[]);
+    out.ok();
+    let rep = out.json();
+    let it = item(&rep, "logs/big.jsonl");
+    assert_eq!(it["action"], "copy", "{rep:#}");
+    assert!(
+        it["why"].as_str().unwrap().contains("fast-forward"),
+        "{rep:#}"
+    );
+    log.extend_from_slice(b"{\"x\":1}\n{\"x\":2}\n");
+    assert_eq!(read_bytes(&fx.a, "logs/big.jsonl"), log);
+    assert_eq!(read_bytes(&fx.b, "logs/big.jsonl"), log);
+    let (_, received) = wire(&out);
+    assert!(received < 1 << 20, "received {received}: {out:?}");
 }

@@ -11,8 +11,9 @@
 //! then also watches its root and sends the changes on the `Watch` request's id, from a
 //! thread of its own, between the answers of the main loop.
 
-use super::delta::{self, Builder};
+use super::delta::{self, Builder, Sig};
 use super::proto::*;
+use super::sigcache::{self, SigCache};
 use super::{set_meta, valid_token, Receiving};
 use crate::config::{Profile, ReplicaAddr};
 use crate::entry::{Entry, Hash, Kind};
@@ -32,12 +33,15 @@ use std::time::{Duration, Instant};
 
 const CACHE_DB: &str = "agent-cache.db";
 const CACHE_KEY: &str = "agent";
+/// With `FEDSYNC_TIMING`, requests that take at least this long are reported.
+const SLOW_REQUEST: Duration = Duration::from_millis(5);
 
 /// Name prefix of the journal an in-place append keeps in `.fedsync/tmp` while it runs.
 pub const APPEND_PREFIX: &str = "append-";
 
 enum Handle {
-    Read(File),
+    /// An open file of the tree, and its path.
+    Read(File, RelPath),
     Push(Box<Push>),
     Append(Box<Appending>),
     Failed(WError),
@@ -81,6 +85,13 @@ struct Push {
     out_path: PathBuf,
     prev: Option<PathBuf>,
     basis: Vec<File>,
+    /// `basis[0]` is the file at `path` now (not only a partial transfer).
+    current: bool,
+    /// The signatures of `basis[0]` came from the signature cache.
+    cached: bool,
+    /// The client's group signatures of the new file (`PushSigs`); None once they are
+    /// found not to fit.
+    sigs: Option<Vec<Sig>>,
     err: Option<ReplicaError>,
 }
 
@@ -99,6 +110,8 @@ struct Agent {
     last_scan: HashMap<String, (u64, i64, Hash)>,
     /// Scan cache rows changed by writes this session (None = removed).
     cache_rows: Vec<(RelPath, Option<Cached>)>,
+    /// Group signatures of staged files (by token), for the signature cache once installed.
+    staged_sigs: HashMap<String, Vec<Sig>>,
 }
 
 fn perr(msg: impl Into<String>) -> WError {
@@ -195,10 +208,13 @@ pub fn serve_io(
         handles: HashMap::new(),
         last_scan: HashMap::new(),
         cache_rows: Vec::new(),
+        staged_sigs: HashMap::new(),
     };
     // An append an earlier agent could not finish (killed, or its machine went down).
     agent.heal_appends();
     let shared = agent.shared.clone();
+    // Requests that take long, on stderr (run the agent with FEDSYNC_TIMING set).
+    let timing = std::env::var_os("FEDSYNC_TIMING").is_some();
     let result = (|| -> Result<(), String> {
         loop {
             let frame: Frame<Req> = match r.recv() {
@@ -217,9 +233,16 @@ pub fn serve_io(
                 agent.stop_watching();
             }
             let mut w = shared.lock().expect("lock");
+            let timed = timing.then(|| (frame.body.name(), Instant::now()));
             agent
                 .handle(frame.id, frame.body, &mut w)
                 .map_err(|e| format!("cannot write to the client: {e}"))?;
+            if let Some((what, t)) = timed.filter(|(_, t)| t.elapsed() >= SLOW_REQUEST) {
+                eprintln!(
+                    "timing: agent {what} {:.0} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
             if bye {
                 return Ok(());
             }
@@ -304,6 +327,11 @@ impl Agent {
     fn removed(&mut self, p: &RelPath) {
         self.cache_rows.push((p.clone(), None));
         self.last_scan.remove(p.as_str());
+        self.sig_cache().forget(p);
+    }
+
+    fn sig_cache(&self) -> SigCache {
+        SigCache::new(self.root.join(META_DIR).join("sigs"))
     }
 
     /// Keep what partial pushes received (the next run resumes from it); cut unfinished
@@ -364,6 +392,7 @@ impl Agent {
                 reply(w, r)
             }
             Req::CleanTemp => {
+                self.sig_cache().prune();
                 let r = match self.rep.clean_temp() {
                     Ok(n) => Resp::Count(n as u64),
                     Err(e) => rerr(e),
@@ -397,7 +426,7 @@ impl Agent {
                 let h = match rel(&path) {
                     Err(e) => Handle::Failed(e),
                     Ok(p) => match self.rep.open_regular(&p) {
-                        Ok(f) => Handle::Read(f),
+                        Ok(f) => Handle::Read(f, p),
                         Err(e) => Handle::Failed(WError::from_err(&e)),
                     },
                 };
@@ -448,23 +477,40 @@ impl Agent {
                     Ok(f) => f,
                     Err(e) => return reply(w, Resp::Err(e)),
                 };
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let mut batch = Vec::new();
-                let mut send_err = None;
-                let r = delta::groups(f, 0, len, |s| {
-                    batch.push(s);
-                    if batch.len() >= SIG_BATCH && send_err.is_none() {
-                        if let Err(e) = w.send(id, &Resp::Sigs(std::mem::take(&mut batch))) {
-                            send_err = Some(e);
-                        }
+                // The file at a path of the tree: its signatures may be cached.
+                let path = match self.handles.get(&handle) {
+                    Some(Handle::Read(_, p)) => Some(p),
+                    Some(Handle::Push(p)) if p.current && basis == 0 => Some(&p.path),
+                    _ => None,
+                };
+                let cache = self.sig_cache();
+                let cached = path.and_then(|p| cache.get(p, f));
+                let hit = cached.is_some();
+                let r = match cached {
+                    Some(gs) => Ok(gs),
+                    None => {
+                        let before = sigcache::Identity::of(f);
+                        let len = before.as_ref().map(|i| i.size).unwrap_or(0);
+                        let mut gs = Vec::new();
+                        delta::groups(f, 0, len, |s| gs.push(s)).map(|()| {
+                            // Kept when the file did not change while it was read.
+                            if let (Some(p), Ok(id)) = (path, before) {
+                                if self.marked() && sigcache::Identity::of(f).ok() == Some(id) {
+                                    cache.put(p, id, gs.clone());
+                                }
+                            }
+                            gs
+                        })
                     }
-                });
-                if let Some(e) = send_err {
-                    return Err(e);
+                };
+                if let Some(Handle::Push(p)) = self.handles.get_mut(&handle) {
+                    p.cached |= hit && basis == 0;
                 }
                 match r {
-                    Ok(()) => {
-                        w.send(id, &Resp::Sigs(batch))?;
+                    Ok(gs) => {
+                        for part in gs.chunks(SIG_BATCH) {
+                            w.send(id, &Resp::Sigs(part.to_vec()))?;
+                        }
                         reply(w, Resp::SigsEnd)
                     }
                     Err(e) => reply(w, Resp::Err(perr(format!("signature: {e}")))),
@@ -479,9 +525,18 @@ impl Agent {
                     Ok(f) => f,
                     Err(e) => return reply(w, Resp::Err(e)),
                 };
-                for (off, len) in ranges {
-                    match delta::chunks(f, off, len.min(1 << 30)) {
-                        Ok(c) => w.send(id, &Resp::Sigs(c))?,
+                let ranges: Vec<(u64, u64)> = ranges
+                    .into_iter()
+                    .map(|(o, l)| (o, l.min(1 << 30)))
+                    .collect();
+                // In parts, so that a long list never holds all its signatures at once.
+                for part in ranges.chunks(256) {
+                    match delta::chunks_of(f, part) {
+                        Ok(cs) => {
+                            for c in cs {
+                                w.send(id, &Resp::Sigs(c))?;
+                            }
+                        }
                         Err(e) => return reply(w, Resp::Err(perr(format!("signature: {e}")))),
                     }
                 }
@@ -512,7 +567,7 @@ impl Agent {
                 let r = match &h {
                     Handle::Failed(e) => Resp::Err(e.clone()),
                     Handle::Push(p) => Resp::PushReady(self.basis_info(p)),
-                    Handle::Read(_) | Handle::Append(_) => Resp::Ok,
+                    Handle::Read(..) | Handle::Append(_) => Resp::Ok,
                 };
                 self.replace_handle(handle, h);
                 reply(w, r)
@@ -532,10 +587,15 @@ impl Agent {
             Req::PushEnd { handle } => {
                 let r = match self.handles.remove(&handle) {
                     Some(Handle::Push(p)) => match self.push_end(*p) {
-                        Ok((token, h)) => Resp::Staged {
-                            token,
-                            hash: Some(h.0),
-                        },
+                        Ok((token, h, sigs)) => {
+                            if let Some(gs) = sigs {
+                                self.staged_sigs.insert(token.clone(), gs);
+                            }
+                            Resp::Staged {
+                                token,
+                                hash: Some(h.0),
+                            }
+                        }
                         Err(e) => rerr(e),
                     },
                     Some(Handle::Failed(e)) => Resp::Err(e),
@@ -558,6 +618,7 @@ impl Agent {
                 reply(w, r)
             }
             Req::Discard(token) => {
+                self.staged_sigs.remove(&token);
                 if valid_token(&token) {
                     self.rep.discard(Staged { token, hash: None });
                 }
@@ -590,9 +651,15 @@ impl Agent {
                         token,
                         hash: hash.map(Hash),
                     };
+                    let sigs = self.staged_sigs.remove(&staged.token);
                     match self.rep.install(staged, &p, expect.as_ref(), &run) {
                         Ok((e, v)) => {
                             self.wrote(&p, &e);
+                            let cache = self.sig_cache();
+                            match (sigs, sigcache::Identity::of_entry(&e)) {
+                                (Some(gs), Some(id)) if e.is_file() => cache.put(&p, id, gs),
+                                _ => cache.forget(&p),
+                            }
                             Ok(Resp::Changed {
                                 entry: WEntry::from_entry(&e),
                                 version: v,
@@ -805,6 +872,20 @@ impl Agent {
                     })
                     .collect();
                 reply(w, Resp::Entries(v))
+            }
+            Req::PushSigs { handle, groups } => {
+                if let Some(Handle::Push(p)) = self.handles.get_mut(&handle) {
+                    let size = p.meta.size;
+                    if let Some(v) = p.sigs.as_mut() {
+                        v.extend(groups);
+                        // At most one group per smallest chunk, never past the size.
+                        let total: u64 = v.iter().map(|g| g.len as u64).sum();
+                        if total > size || v.len() as u64 > size / delta::MIN_CHUNK as u64 + 1 {
+                            p.sigs = None;
+                        }
+                    }
+                }
+                reply(w, Resp::Ok)
             }
             Req::Checkpoint => {
                 self.save_cache(None);
@@ -1081,7 +1162,7 @@ impl Agent {
     /// The file behind a handle: an opened file (`basis` 0) or a push's basis file.
     fn file(&self, handle: u32, basis: u8) -> Result<&File, WError> {
         match self.handles.get(&handle) {
-            Some(Handle::Read(f)) if basis == 0 => Ok(f),
+            Some(Handle::Read(f, _)) if basis == 0 => Ok(f),
             Some(Handle::Push(p)) => p
                 .basis
                 .get(basis as usize)
@@ -1192,6 +1273,7 @@ impl Agent {
                 basis.push(f);
             }
         }
+        let current = !basis.is_empty();
         let recv = Receiving::begin(&self.tmp(), meta.hash, !direct)
             .map_err(|e| WError::from_err(&crate::replica::io_err(&p)(e)))?;
         let prev = recv.prev.map(|(f, path)| {
@@ -1205,6 +1287,9 @@ impl Agent {
             out_path: recv.out_path,
             prev,
             basis,
+            current,
+            cached: false,
+            sigs: Some(Vec::new()),
             err: None,
         })
     }
@@ -1235,7 +1320,9 @@ impl Agent {
         out
     }
 
-    fn push_end(&mut self, mut p: Push) -> Result<(String, Hash), ReplicaError> {
+    /// Verify a finished push and give it its token name; with the client's group
+    /// signatures of the file when they cover it.
+    fn push_end(&mut self, mut p: Push) -> Result<(String, Hash, Option<Vec<Sig>>), ReplicaError> {
         let tmp = self.tmp();
         let path = p.path.to_string();
         let builder = p.out.take().expect("builder present");
@@ -1255,13 +1342,20 @@ impl Agent {
         if Some(h) != p.meta.hash || n != p.meta.size {
             drop(f);
             Receiving::discard(&p.out_path, p.prev.as_deref());
+            if p.cached {
+                // The cached signatures may be what led the client astray.
+                self.sig_cache().forget(&p.path);
+            }
             return Err(ReplicaError::HashMismatch(path));
         }
         set_meta(&f, p.meta.mode, p.meta.mtime).map_err(crate::replica::io_err(&path))?;
         drop(f);
         let token = Receiving::complete(&p.out_path, p.prev.as_deref(), &tmp)
             .map_err(crate::replica::io_err(&path))?;
-        Ok((token, h))
+        let sigs = p
+            .sigs
+            .filter(|v| v.iter().map(|g| g.len as u64).sum::<u64>() == n && !v.is_empty());
+        Ok((token, h, sigs))
     }
 }
 
@@ -1824,5 +1918,122 @@ mod tests {
         );
         assert!(root.join(".fedsync/id").exists());
         assert!(root.join(".fedsync/versions/r1/ok.txt").exists());
+    }
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn signatures_are_cached_and_wrong_ones_are_dropped_when_a_build_fails_its_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join(".fedsync")).unwrap();
+        std::fs::write(root.join(".fedsync/id"), "abc\n").unwrap();
+        let old = noise(700_000, 1);
+        std::fs::write(root.join("big.bin"), &old).unwrap();
+        let cache = SigCache::new(root.join(".fedsync/sigs"));
+        let p = RelPath::new("big.bin").unwrap();
+        let f = File::open(root.join("big.bin")).unwrap();
+        let mut truth = Vec::new();
+        delta::groups(&f, 0, old.len() as u64, |s| truth.push(s)).unwrap();
+
+        // Signatures the agent computes are kept for the file as it is.
+        let groups_of = |out: &[Frame<Resp>], id: u32| -> Vec<Sig> {
+            out.iter()
+                .filter(|f| f.id == id)
+                .flat_map(|f| match &f.body {
+                    Resp::Sigs(v) => v.clone(),
+                    _ => Vec::new(),
+                })
+                .collect()
+        };
+        let out = session(
+            root.clone(),
+            vec![
+                (
+                    0,
+                    Req::Open {
+                        handle: 1,
+                        path: "big.bin".into(),
+                    },
+                ),
+                (
+                    2,
+                    Req::Groups {
+                        handle: 1,
+                        basis: 0,
+                    },
+                ),
+            ],
+        );
+        assert_eq!(groups_of(&out, 2), truth);
+        assert_eq!(cache.get(&p, &f), Some(truth.clone()));
+
+        // Wrong signatures with the file's identity (as a lying client could leave them):
+        // they are what the agent answers, the build from them fails its hash check, and
+        // the entry is gone after it.
+        let wrong = vec![
+            Sig {
+                hash: [9; 8],
+                len: 100,
+            },
+            Sig {
+                hash: [8; 8],
+                len: old.len() as u32 - 100,
+            },
+        ];
+        cache.put(&p, sigcache::Identity::of(&f).unwrap(), wrong.clone());
+        assert_eq!(cache.get(&p, &f), Some(wrong.clone()));
+        let mut new = old.clone();
+        new[500..600].fill(7);
+        let out = session(
+            root.clone(),
+            vec![
+                (
+                    1,
+                    Req::PushBegin {
+                        handle: 3,
+                        path: "big.bin".into(),
+                        meta: meta(&new),
+                        direct: false,
+                    },
+                ),
+                (
+                    2,
+                    Req::Groups {
+                        handle: 3,
+                        basis: 0,
+                    },
+                ),
+                (
+                    0,
+                    Req::PushData {
+                        handle: 3,
+                        ops: vec![WOp::Copy {
+                            basis: 0,
+                            offset: 0,
+                            len: new.len() as u64,
+                        }],
+                    },
+                ),
+                (4, Req::PushEnd { handle: 3 }),
+            ],
+        );
+        assert_eq!(groups_of(&out, 2), wrong);
+        assert!(
+            out.iter()
+                .any(|f| f.id == 4 && matches!(&f.body, Resp::Err(e) if e.class == 2)),
+            "{out:?}"
+        );
+        assert_eq!(cache.get(&p, &f), None);
+        assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), old);
     }
 }

@@ -1280,6 +1280,73 @@ impl Drop for RemoteReplica {
     }
 }
 
+impl RemoteReplica {
+    /// BLAKE3 of the first `len` bytes of the remote file at `path` (an error if shorter).
+    pub fn prefix_hash(&self, path: &RelPath, len: u64) -> Result<Hash> {
+        let handle = self.conn.handle();
+        self.conn.send(
+            &[Req::Open {
+                handle,
+                path: path.as_str().into(),
+            }],
+            false,
+        )?;
+        let r = self.conn.call(&Req::PrefixHash {
+            handle,
+            basis: 0,
+            len,
+        });
+        let _ = self.conn.send(&[Req::Close { handle }], true);
+        match r? {
+            Resp::Hash(h) => Ok(Hash(h)),
+            r => Err(unexpected(&self.label, &r)),
+        }
+    }
+
+    /// Send the content of `input` (described by `meta`) whole, and wait for it to be
+    /// staged and checked on the agent's side.
+    fn push_whole(&self, mut input: File, meta: &Entry) -> Result<Staged> {
+        // A name for the agent's checks and messages (the content has no path yet).
+        let label = RelPath::new("staged-content").expect("valid path");
+        let handle = self.conn.handle();
+        self.conn.send(
+            &[Req::PushBegin {
+                handle,
+                path: label.as_str().into(),
+                meta: WEntry::from_entry(meta),
+                direct: true,
+            }],
+            false,
+        )?;
+        let mut buf = vec![0u8; DATA_CHUNK];
+        let mut sent = 0u64;
+        loop {
+            let n = read_full(&mut input, &mut buf).map_err(io_err(&label))?;
+            if n == 0 {
+                break;
+            }
+            sent += n as u64;
+            self.conn.send(
+                &[Req::PushData {
+                    handle,
+                    ops: vec![WOp::Data(buf[..n].to_vec())],
+                }],
+                false,
+            )?;
+        }
+        if sent != meta.size {
+            let _ = self.conn.send(&[Req::Close { handle }], true);
+            return Err(ReplicaError::HashMismatch(label.to_string()));
+        }
+        let r = self.conn.call(&Req::PushEnd { handle })?;
+        let st = self.staged(r)?;
+        if st.hash != meta.hash {
+            return Err(hostile(&self.label, "staged with another hash".into()));
+        }
+        Ok(st)
+    }
+}
+
 impl Replica for RemoteReplica {
     fn describe(&self) -> String {
         self.label.clone()
@@ -1564,6 +1631,40 @@ impl Replica for RemoteReplica {
             len,
         })?;
         self.staged(r)
+    }
+
+    /// New content made on this machine (a merge result, a database snapshot): `fill`
+    /// writes it to a local temporary file, which is then sent whole and staged on the
+    /// agent's side, where its hash is checked against the one `fill` returned.
+    fn stage_local(&self, fill: &mut dyn FnMut(&Path) -> io::Result<Hash>) -> Result<Staged> {
+        let local = std::env::temp_dir().join(format!(
+            "fedsync-stage-{}-{}",
+            std::process::id(),
+            super::new_token()
+        ));
+        let r = (|| {
+            let hash = fill(&local).map_err(io_err(local.display()))?;
+            let f = File::open(&local).map_err(io_err(local.display()))?;
+            let md = f.metadata().map_err(io_err(local.display()))?;
+            let e = crate::replica::local::entry_from_meta(&md, None)
+                .filter(|e| e.is_file())
+                .ok_or_else(|| {
+                    io_err(local.display())(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "not a file",
+                    ))
+                })?;
+            self.push_whole(
+                f,
+                &Entry {
+                    hash: Some(hash),
+                    stat: None,
+                    ..e
+                },
+            )
+        })();
+        let _ = fs::remove_file(&local);
+        r
     }
 
     /// Append-only growth of a local file: the agent appends the tail in place (no new copy
@@ -1896,6 +1997,17 @@ fn push_ops(
     let mut ours = Vec::new();
     delta::groups(f, 0, size, |s| ours.push(s)).map_err(io_err(path))?;
     laps.mark("our groups");
+    if conn.has("sigs1") {
+        // The agent keeps them for the next transfer of this file (no signature pass there).
+        let reqs: Vec<Req> = ours
+            .chunks(SIG_BATCH)
+            .map(|part| Req::PushSigs {
+                handle,
+                groups: part.to_vec(),
+            })
+            .collect();
+        conn.send(&reqs, false)?;
+    }
     let theirs: Vec<Vec<Sig>> = rxs.iter().map(|rx| conn.sigs(rx)).collect::<Result<_>>()?;
     laps.mark("their groups");
     let plan = delta::plan_groups(&ours, &theirs);

@@ -23,7 +23,7 @@
 //! The receiver always checks the whole-file BLAKE3 hash of what it wrote.
 
 use crate::entry::Hash;
-use fastcdc::v2020::StreamCDC;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
@@ -76,56 +76,360 @@ impl Read for RangeReader<'_> {
     }
 }
 
-fn chunker(r: RangeReader<'_>) -> StreamCDC<RangeReader<'_>> {
-    StreamCDC::new(r, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
-}
-
 fn trunc(h: &blake3::Hash) -> [u8; 8] {
     h.as_bytes()[..8].try_into().expect("8 bytes")
 }
 
-/// Group signatures of `len` bytes of `f` from `start`, in order.
-pub fn groups(f: &File, start: u64, len: u64, mut emit: impl FnMut(Sig)) -> io::Result<()> {
-    let mut gh = blake3::Hasher::new();
-    let (mut glen, mut n) = (0u64, 0usize);
-    for c in chunker(RangeReader::new(f, start, len)) {
-        let c = c.map_err(io::Error::from)?;
-        let h = blake3::hash(&c.data);
-        gh.update(h.as_bytes());
-        glen += c.length as u64;
-        n += 1;
-        let tail = u64::from_le_bytes(h.as_bytes()[8..16].try_into().expect("8 bytes"));
-        if tail & GROUP_MASK == 0 || n >= GROUP_MAX {
-            emit(Sig {
-                hash: trunc(&gh.finalize()),
-                len: glen as u32,
-            });
-            gh = blake3::Hasher::new();
-            glen = 0;
-            n = 0;
+/// FastCDC's cut masks for [`AVG_CHUNK`] at normalization level 1 (what
+/// `fastcdc::v2020::StreamCDC::new` uses, so signatures stay those of earlier versions).
+fn masks() -> (u64, u64) {
+    let bits = fastcdc::v2020::logarithm2(AVG_CHUNK);
+    (
+        fastcdc::v2020::MASKS[(bits + 1) as usize],
+        fastcdc::v2020::MASKS[(bits - 1) as usize],
+    )
+}
+
+/// Length of the chunk that starts at `data[0]`, where `data` holds the bytes from the chunk
+/// start to the end of the data or [`MAX_CHUNK`] bytes, whichever is shorter.
+fn cut(data: &[u8], (s, l): (u64, u64)) -> usize {
+    fastcdc::v2020::cut(
+        data,
+        MIN_CHUNK as usize,
+        AVG_CHUNK as usize,
+        MAX_CHUNK as usize,
+        s,
+        l,
+        s << 1,
+        l << 1,
+    )
+    .1
+}
+
+/// One chunk: where it ends and its full BLAKE3 hash (groups hash the full chunk hashes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunk {
+    end: u64,
+    len: u32,
+    hash: [u8; 32],
+}
+
+impl Chunk {
+    fn sig(&self) -> Sig {
+        Sig {
+            hash: self.hash[..8].try_into().expect("8 bytes"),
+            len: self.len,
         }
     }
-    if n > 0 {
-        emit(Sig {
-            hash: trunc(&gh.finalize()),
-            len: glen as u32,
+}
+
+/// Bytes read per positioned read while chunking (plus room for one largest chunk).
+const READ_WINDOW: usize = 1 << 20;
+
+/// Reads a file forward in large pieces for the chunker: the bytes of the next chunk are
+/// always in one slice, without a copy per chunk.
+struct Window<'a> {
+    f: &'a File,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`, and how many bytes of `buf` are valid.
+    base: u64,
+    len: usize,
+    /// Where the data ends (the extent's end; earlier when the file turns out shorter).
+    end: u64,
+}
+
+impl<'a> Window<'a> {
+    fn new(f: &'a File, end: u64) -> Window<'a> {
+        Window {
+            f,
+            buf: Vec::new(),
+            base: 0,
+            len: 0,
+            end,
+        }
+    }
+
+    /// The bytes from `pos` up to the end of the data or `MAX_CHUNK` bytes, whichever is
+    /// shorter (`pos` never goes backwards by more than what is buffered).
+    fn at(&mut self, pos: u64) -> io::Result<&[u8]> {
+        let want = (self.end.saturating_sub(pos)).min(MAX_CHUNK as u64) as usize;
+        let have = (self.base + self.len as u64).saturating_sub(pos);
+        if pos < self.base || (have as usize) < want {
+            // Keep what is buffered from `pos` on, read the rest.
+            let keep = if pos >= self.base && pos < self.base + self.len as u64 {
+                let from = (pos - self.base) as usize;
+                self.buf.copy_within(from..self.len, 0);
+                self.len - from
+            } else {
+                0
+            };
+            self.base = pos;
+            self.len = keep;
+            let room = (READ_WINDOW + MAX_CHUNK as usize)
+                .min((self.end - pos) as usize)
+                .max(want);
+            if self.buf.len() < room {
+                self.buf.resize(room, 0);
+            }
+            while self.len < room {
+                let k = self
+                    .f
+                    .read_at(&mut self.buf[self.len..room], pos + self.len as u64);
+                match k {
+                    Ok(0) => {
+                        // The file is shorter than it was: its data ends here.
+                        self.end = pos + self.len as u64;
+                        break;
+                    }
+                    Ok(k) => self.len += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let from = (pos - self.base) as usize;
+        let want = (self.end.saturating_sub(pos)).min(MAX_CHUNK as u64) as usize;
+        Ok(&self.buf[from..from + want])
+    }
+}
+
+/// Chunk from `from` (a chunk start) while chunks start before `stop`, with data up to
+/// `end`. Exactly the chunks a sequential pass from `from` to `end` produces.
+fn chunk_run(f: &File, from: u64, stop: u64, end: u64, out: &mut Vec<Chunk>) -> io::Result<()> {
+    let m = masks();
+    let mut w = Window::new(f, end);
+    let mut pos = from;
+    while pos < stop {
+        let data = w.at(pos)?;
+        if data.is_empty() {
+            break;
+        }
+        let n = cut(data, m);
+        out.push(Chunk {
+            end: pos + n as u64,
+            len: n as u32,
+            hash: *blake3::hash(&data[..n]).as_bytes(),
         });
+        pos += n as u64;
     }
     Ok(())
+}
+
+/// How large extents are chunked on all cores.
+#[derive(Clone, Copy, Debug)]
+struct Parallel {
+    /// Extents at least this large are split.
+    min: u64,
+    /// Bytes each core chunks at a time.
+    segment: u64,
+    /// How far a segment's chunker runs on into the next segment, so that its chunks meet
+    /// the ones of the next segment's chunker (a cut point depends only on where its chunk
+    /// starts and the bytes after that: two chunkers that share one cut share all the
+    /// following ones).
+    overlap: u64,
+    /// Segments chunked at once (bounds memory); 0: four per core.
+    window: u64,
+}
+
+const PARALLEL: Parallel = Parallel {
+    min: 16 << 20,
+    segment: 8 << 20,
+    overlap: 256 << 10,
+    window: 0,
+};
+
+/// Every chunk of `[start, start + len)` of `f`, in order, to `emit`: the chunks a single
+/// sequential pass produces, computed on all cores for large extents. Memory stays bounded
+/// (a window of a few segments per core at a time).
+fn each_chunk(f: &File, start: u64, len: u64, emit: impl FnMut(&Chunk)) -> io::Result<()> {
+    let threads = rayon::current_num_threads() as u64;
+    let par = Parallel {
+        min: if threads < 2 { u64::MAX } else { PARALLEL.min },
+        window: threads * 4,
+        ..PARALLEL
+    };
+    each_chunk_with(f, start, len, par, emit)
+}
+
+fn each_chunk_with(
+    f: &File,
+    start: u64,
+    len: u64,
+    par: Parallel,
+    mut emit: impl FnMut(&Chunk),
+) -> io::Result<()> {
+    let end = start.saturating_add(len);
+    if len < par.min {
+        let mut v = Vec::new();
+        let mut pos = start;
+        while pos < end {
+            v.clear();
+            // In pieces, to bound memory for huge files.
+            chunk_run(f, pos, pos.saturating_add(64 << 20).min(end), end, &mut v)?;
+            let Some(last) = v.last() else { break };
+            pos = last.end;
+            v.iter().for_each(&mut emit);
+        }
+        return Ok(());
+    }
+    let mut pos = start;
+    let mut out: Vec<Chunk> = Vec::new();
+    while pos < end {
+        let win_end = pos.saturating_add(par.window.max(2) * par.segment).min(end);
+        // Segment k is [starts[k], starts[k + 1]); its chunker stops once it has run
+        // `overlap` into the next one; the last one's at the end of the window.
+        let mut starts = Vec::new();
+        let mut s = pos;
+        while s < win_end {
+            starts.push(s);
+            s = s.saturating_add(par.segment);
+        }
+        let n = starts.len();
+        let stop = |k: usize| {
+            if k + 1 == n {
+                win_end
+            } else {
+                starts[k + 1] + par.overlap
+            }
+        };
+        let runs: Vec<io::Result<Vec<Chunk>>> = (0..n)
+            .into_par_iter()
+            .map(|k| {
+                let mut v = Vec::with_capacity(((stop(k) - starts[k]) / AVG_CHUNK as u64) as usize);
+                chunk_run(f, starts[k], stop(k), end, &mut v)?;
+                Ok(v)
+            })
+            .collect();
+        let mut runs = runs.into_iter().collect::<io::Result<Vec<_>>>()?;
+        out.clear();
+        out.append(&mut runs[0]);
+        for k in 1..n {
+            let run = std::mem::take(&mut runs[k]);
+            stitch(f, &mut out, starts[k], run, stop(k), end)?;
+        }
+        let Some(last) = out.last() else { break };
+        pos = last.end;
+        out.iter().for_each(&mut emit);
+    }
+    Ok(())
+}
+
+/// Continue the true chunk sequence `out` (which reaches past `seg_start`) with `run`, the
+/// chunks of a chunker that started at `seg_start`: from the first cut both have on, they
+/// agree. Without such a cut, chunk on from the end of `out` until one turns up or the
+/// sequence passes `stop` (where `run` ends).
+fn stitch(
+    f: &File,
+    out: &mut Vec<Chunk>,
+    seg_start: u64,
+    run: Vec<Chunk>,
+    stop: u64,
+    end: u64,
+) -> io::Result<()> {
+    // Chunk starts of `run`: `seg_start`, then each chunk's end.
+    let run_index = |at: u64| -> Option<usize> {
+        if at == seg_start {
+            return Some(0);
+        }
+        run.binary_search_by(|c| c.end.cmp(&at)).ok().map(|i| i + 1)
+    };
+    let first = out.partition_point(|c| c.end < seg_start);
+    for i in first..out.len() {
+        if let Some(j) = run_index(out[i].end) {
+            out.truncate(i + 1);
+            out.extend_from_slice(&run[j..]);
+            return Ok(());
+        }
+    }
+    // Rare: no common cut within the overlap.
+    let m = masks();
+    let mut w = Window::new(f, end);
+    let mut p = out.last().map_or(seg_start, |c| c.end);
+    while p < stop {
+        if let Some(j) = run_index(p) {
+            out.extend_from_slice(&run[j..]);
+            return Ok(());
+        }
+        let data = w.at(p)?;
+        if data.is_empty() {
+            break;
+        }
+        let n = cut(data, m);
+        out.push(Chunk {
+            end: p + n as u64,
+            len: n as u32,
+            hash: *blake3::hash(&data[..n]).as_bytes(),
+        });
+        p += n as u64;
+    }
+    Ok(())
+}
+
+/// Group signatures of `len` bytes of `f` from `start`, in order.
+pub fn groups(f: &File, start: u64, len: u64, emit: impl FnMut(Sig)) -> io::Result<()> {
+    let mut g = Grouper::new(emit);
+    each_chunk(f, start, len, |c| g.add(c))?;
+    g.finish();
+    Ok(())
+}
+
+/// Folds chunks into groups: a group ends after a chunk whose hash has its `GROUP_MASK`
+/// bits zero, or after `GROUP_MAX` chunks.
+struct Grouper<F: FnMut(Sig)> {
+    hasher: blake3::Hasher,
+    len: u64,
+    n: usize,
+    emit: F,
+}
+
+impl<F: FnMut(Sig)> Grouper<F> {
+    fn new(emit: F) -> Grouper<F> {
+        Grouper {
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            n: 0,
+            emit,
+        }
+    }
+
+    fn add(&mut self, c: &Chunk) {
+        self.hasher.update(&c.hash);
+        self.len += c.len as u64;
+        self.n += 1;
+        let tail = u64::from_le_bytes(c.hash[8..16].try_into().expect("8 bytes"));
+        if tail & GROUP_MASK == 0 || self.n >= GROUP_MAX {
+            self.end();
+        }
+    }
+
+    fn end(&mut self) {
+        (self.emit)(Sig {
+            hash: trunc(&self.hasher.finalize()),
+            len: self.len as u32,
+        });
+        self.hasher = blake3::Hasher::new();
+        self.len = 0;
+        self.n = 0;
+    }
+
+    fn finish(mut self) {
+        if self.n > 0 {
+            self.end();
+        }
+    }
 }
 
 /// Chunk signatures of one extent (a group: chunking restarts at a group boundary and
 /// reproduces the chunks of the whole-file pass).
 pub fn chunks(f: &File, start: u64, len: u64) -> io::Result<Vec<Sig>> {
     let mut out = Vec::new();
-    for c in chunker(RangeReader::new(f, start, len)) {
-        let c = c.map_err(io::Error::from)?;
-        out.push(Sig {
-            hash: trunc(&blake3::hash(&c.data)),
-            len: c.length as u32,
-        });
-    }
+    each_chunk(f, start, len, |c| out.push(c.sig()))?;
     Ok(out)
+}
+
+/// Chunk signatures of many extents, on all cores; one list per extent, in order.
+pub fn chunks_of(f: &File, ranges: &[(u64, u64)]) -> io::Result<Vec<Vec<Sig>>> {
+    ranges.par_iter().map(|&(o, l)| chunks(f, o, l)).collect()
 }
 
 /// BLAKE3 of the first `len` bytes; an error if the file is shorter.
@@ -328,21 +632,33 @@ pub fn plan_ops(plan: &GroupPlan, new_chunks: &[Vec<Sig>], basis_chunks: &[Vec<S
     ops
 }
 
-/// Writes the new file at the receiver, hashing exactly the bytes written.
+/// Copies at least this long are left to the kernel (`copy_file_range`).
+const KERNEL_COPY_MIN: u64 = 1 << 20;
+
+/// Writes the new file at the receiver and hashes what it wrote: the bytes as they pass,
+/// or, once the kernel has copied ranges of a basis file, the whole file read back at the
+/// end (from the page cache, on all cores), as a local copy does.
 pub struct Builder {
     out: io::BufWriter<File>,
     hasher: blake3::Hasher,
     written: u64,
     buf: Vec<u8>,
+    /// The kernel copied some ranges: the hash comes from reading the file back.
+    read_back: bool,
+    /// `copy_file_range` is not available between these files.
+    no_kernel_copy: bool,
 }
 
 impl Builder {
+    /// `out` must be open for reading too (the hash may be taken from it at the end).
     pub fn new(out: File) -> Builder {
         Builder {
             out: io::BufWriter::with_capacity(1 << 20, out),
             hasher: blake3::Hasher::new(),
             written: 0,
             buf: Vec::new(),
+            read_back: false,
+            no_kernel_copy: false,
         }
     }
 
@@ -352,13 +668,56 @@ impl Builder {
 
     pub fn data(&mut self, d: &[u8]) -> io::Result<()> {
         self.out.write_all(d)?;
-        self.hasher.update(d);
+        if !self.read_back {
+            self.hasher.update(d);
+        }
         self.written += d.len() as u64;
         Ok(())
     }
 
     /// Copy `len` bytes of `basis` from `offset`; a basis shorter than that is an error.
     pub fn copy(&mut self, basis: &File, offset: u64, len: u64) -> io::Result<()> {
+        if len >= KERNEL_COPY_MIN && !self.no_kernel_copy {
+            self.out.flush()?;
+            let mut off = offset;
+            let mut left = len;
+            while left > 0 {
+                // (The output's own file position advances: later writes follow on.)
+                let n = (left as usize).min(1 << 30);
+                match rustix::fs::copy_file_range(
+                    basis,
+                    Some(&mut off),
+                    self.out.get_ref(),
+                    None,
+                    n,
+                ) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the basis file changed during the transfer",
+                        ))
+                    }
+                    Ok(k) => {
+                        left -= k as u64;
+                        self.written += k as u64;
+                        self.read_back = true;
+                    }
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(
+                        rustix::io::Errno::XDEV
+                        | rustix::io::Errno::NOSYS
+                        | rustix::io::Errno::INVAL
+                        | rustix::io::Errno::OPNOTSUPP,
+                    ) => {
+                        // Not between these files: copy the rest through memory.
+                        self.no_kernel_copy = true;
+                        return self.copy(basis, off, left);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(());
+        }
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(1 << 20, 0);
         let mut done = 0u64;
@@ -384,6 +743,17 @@ impl Builder {
     /// Flush; the file, the hash and the length of what was written.
     pub fn finish(self) -> io::Result<(File, Hash, u64)> {
         let f = self.out.into_inner().map_err(|e| e.into_error())?;
+        if self.read_back {
+            let h = prefix_hash(&f, self.written)?;
+            // Nothing past what was written (the file is ours; a longer one is not it).
+            if f.metadata()?.len() != self.written {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the new file grew while it was written",
+                ));
+            }
+            return Ok((f, h, self.written));
+        }
         Ok((f, Hash(*self.hasher.finalize().as_bytes()), self.written))
     }
 
@@ -454,6 +824,190 @@ mod tests {
         (ops, sig_bytes)
     }
 
+    /// The chunker of earlier versions (fastcdc's `StreamCDC`), as the reference: the
+    /// signatures must stay the same, or peers of different versions would find nothing
+    /// in common.
+    fn reference_chunks(f: &File, start: u64, len: u64) -> Vec<(Sig, [u8; 32])> {
+        fastcdc::v2020::StreamCDC::new(
+            RangeReader::new(f, start, len),
+            MIN_CHUNK,
+            AVG_CHUNK,
+            MAX_CHUNK,
+        )
+        .map(|c| {
+            let c = c.unwrap();
+            let h = blake3::hash(&c.data);
+            (
+                Sig {
+                    hash: trunc(&h),
+                    len: c.length as u32,
+                },
+                *h.as_bytes(),
+            )
+        })
+        .collect()
+    }
+
+    fn reference_groups(f: &File, start: u64, len: u64) -> Vec<Sig> {
+        let mut v = Vec::new();
+        let mut g = Grouper::new(|s| v.push(s));
+        let mut end = start;
+        for (s, h) in reference_chunks(f, start, len) {
+            end += s.len as u64;
+            g.add(&Chunk {
+                end,
+                len: s.len,
+                hash: h,
+            });
+        }
+        g.finish();
+        v
+    }
+
+    fn all_chunks(f: &File, start: u64, len: u64, par: Parallel) -> Vec<Chunk> {
+        let mut v = Vec::new();
+        each_chunk_with(f, start, len, par, |c| v.push(*c)).unwrap();
+        v
+    }
+
+    /// Noise with runs of zeros (where cut points fall every `MAX_CHUNK` bytes from
+    /// wherever a chunker started, so chunkers started at different places never meet).
+    fn mixed(len: usize, seed: u64) -> Vec<u8> {
+        let mut d = noise(len, seed);
+        let mut at = len / 5;
+        while at + 700_000 < len {
+            d[at..at + 600_000].fill(0);
+            at += len / 3;
+        }
+        d
+    }
+
+    #[test]
+    fn the_chunker_cuts_where_streamcdc_does() {
+        let sizes = [
+            0usize,
+            1,
+            2047,
+            2048,
+            2049,
+            8191,
+            65535,
+            65536,
+            65537,
+            (1 << 20) + 17,
+            READ_WINDOW + MAX_CHUNK as usize + 3,
+            3 << 20,
+        ];
+        for (i, &n) in sizes.iter().enumerate() {
+            for data in [noise(n, i as u64 + 20), vec![0u8; n], mixed(n, i as u64)] {
+                let f = file(&data);
+                for start in [0u64, 1000.min(n as u64)] {
+                    let len = n as u64 - start;
+                    let want: Vec<Sig> = reference_chunks(&f, start, len)
+                        .into_iter()
+                        .map(|(s, _)| s)
+                        .collect();
+                    assert_eq!(
+                        chunks(&f, start, len).unwrap(),
+                        want,
+                        "size {n} from {start}"
+                    );
+                    let mut gs = Vec::new();
+                    groups(&f, start, len, |s| gs.push(s)).unwrap();
+                    assert_eq!(gs, reference_groups(&f, start, len), "size {n}");
+                }
+            }
+        }
+        // A file shorter than announced: its chunks end where it does.
+        let f = file(&noise(100_000, 3));
+        assert_eq!(
+            chunks(&f, 0, 300_000).unwrap(),
+            chunks(&f, 0, 100_000).unwrap()
+        );
+    }
+
+    #[test]
+    fn parallel_chunking_is_the_sequential_pass() {
+        let data = mixed(6 << 20, 5);
+        let f = file(&data);
+        let seq = Parallel {
+            min: u64::MAX,
+            ..PARALLEL
+        };
+        for (start, len) in [(0u64, data.len() as u64), (12_345, 5 << 20)] {
+            let want = all_chunks(&f, start, len, seq);
+            for par in [
+                Parallel {
+                    min: 0,
+                    segment: 256 << 10,
+                    overlap: 16 << 10,
+                    window: 3,
+                },
+                // No overlap, segments off the zero runs' period: stitching must chunk on
+                // from the true sequence until it meets the next segment's cuts.
+                Parallel {
+                    min: 0,
+                    segment: 300_001,
+                    overlap: 0,
+                    window: 2,
+                },
+                Parallel {
+                    min: 0,
+                    segment: 3 * 65536,
+                    overlap: 4096,
+                    window: 64,
+                },
+            ] {
+                assert_eq!(
+                    all_chunks(&f, start, len, par),
+                    want,
+                    "{par:?} from {start}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stitching_chunks_on_when_two_chunkers_never_meet() {
+        // In a run of zeros every chunk is as long as allowed, wherever it starts: a
+        // chunker started off the true sequence's cuts never meets it there.
+        let data = vec![0u8; 1 << 20];
+        let f = file(&data);
+        let end = data.len() as u64;
+        let mut truth = Vec::new();
+        chunk_run(&f, 0, end, end, &mut truth).unwrap();
+        assert!(truth.iter().all(|c| c.len == MAX_CHUNK || c.end == end));
+        let seg = 300_001;
+        let mut out = Vec::new();
+        chunk_run(&f, 0, seg, end, &mut out).unwrap();
+        let mut run = Vec::new();
+        chunk_run(&f, seg, 700_000, end, &mut run).unwrap();
+        assert!(run.iter().all(|c| truth.iter().all(|t| t.end != c.end)));
+        stitch(&f, &mut out, seg, run, 700_000, end).unwrap();
+        assert!(out.last().unwrap().end >= 700_000);
+        assert_eq!(out[..], truth[..out.len()]);
+    }
+
+    #[test]
+    fn an_insertion_at_a_segment_boundary_sends_about_the_insertion() {
+        // Files large enough to be chunked in parallel with the real settings.
+        let old = noise((PARALLEL.min + 3 * PARALLEL.segment) as usize, 13);
+        for at in [
+            PARALLEL.segment as usize - 100,
+            2 * PARALLEL.segment as usize,
+            2 * PARALLEL.segment as usize + 5,
+        ] {
+            let mut new = old.clone();
+            new.splice(at..at, noise(777, at as u64));
+            let (ops, _) = delta(&old, &new);
+            assert!(
+                literal_bytes(&ops) <= 3 * MAX_CHUNK as u64,
+                "insertion at {at}: literal {}",
+                literal_bytes(&ops)
+            );
+        }
+    }
+
     #[test]
     fn small_edit_sends_about_the_edit() {
         let old = noise(8 << 20, 1);
@@ -502,6 +1056,77 @@ mod tests {
         let f = file(&data);
         assert_eq!(prefix_hash(&f, 5000).unwrap(), Hash::of(&data[..5000]));
         assert!(prefix_hash(&f, 200_000).is_err());
+    }
+
+    /// Chunking speed on this machine (run with `cargo test --release -p fedsync-core
+    /// --lib delta::tests::measure_chunking -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn measure_chunking() {
+        let data = noise(200 << 20, 17);
+        let f = file(&data);
+        let n = data.len() as u64;
+        let time = |what: &str, run: &dyn Fn()| {
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                run();
+                println!("{what}: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+            }
+        };
+        let dir = std::env::var("MEASURE_DIR").unwrap_or_else(|_| "/tmp".into());
+        // (Files are kept: deleting large files slows file creation down for a while on
+        // filesystems with online discard.)
+        let seq = std::sync::atomic::AtomicUsize::new(0);
+        for kernel in [true, false, true, false] {
+            time(
+                &format!("rebuild (copy + hash), kernel copy {kernel}"),
+                &|| {
+                    let k = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let out = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(format!("{dir}/rebuild-{}-{k}", std::process::id()))
+                        .unwrap();
+                    let mut b = Builder::new(out);
+                    b.no_kernel_copy = !kernel;
+                    b.copy(&f, 0, n / 2).unwrap();
+                    b.data(&data[(n / 2) as usize..(n / 2) as usize + 1024])
+                        .unwrap();
+                    b.copy(&f, n / 2 + 1024, n - n / 2 - 1024).unwrap();
+                    b.finish().unwrap();
+                },
+            );
+        }
+        time("StreamCDC (before)", &|| {
+            reference_chunks(&f, 0, n);
+        });
+        time("sequential", &|| {
+            all_chunks(
+                &f,
+                0,
+                n,
+                Parallel {
+                    min: u64::MAX,
+                    ..PARALLEL
+                },
+            );
+        });
+        time("parallel", &|| {
+            groups(&f, 0, n, |_| {}).unwrap();
+        });
+        time("blake3 of 8 KiB pieces", &|| {
+            data.chunks(8192).for_each(|c| {
+                blake3::hash(c);
+            })
+        });
+        time("cut points only", &|| {
+            let m = masks();
+            let mut p = 0;
+            while p < data.len() {
+                p += cut(&data[p..(p + MAX_CHUNK as usize).min(data.len())], m);
+            }
+        });
     }
 
     /// The measurement behind the choice of chunks over a rolling checksum (run with

@@ -6,6 +6,7 @@
 //! - [`agent`]: the server loop, wrapping the same [`LocalReplica`](crate::replica::local::LocalReplica)
 //!   code that serves local folders.
 //! - [`client`]: [`RemoteReplica`], the `Replica` the engine talks to.
+//! - [`sigcache`]: the agent's cache of the signatures of its large files.
 //!
 //! Interrupted transfers resume: the receiving side writes new content to
 //! `.fedsync/tmp/partial-<content hash>` (never under the real name), keeps it when the
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod client;
 pub mod delta;
 pub mod proto;
+pub mod sigcache;
 
 pub use client::{
     reuse_sessions_on_this_thread, RemoteReplica, RemoteSession, RemoteWatch, WatchEvent,
@@ -101,6 +103,7 @@ impl Receiving {
         let fresh = |tmp: &Path| -> io::Result<Receiving> {
             let out_path = tmp.join(format!("x-{}", new_token()));
             let out = fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .open(&out_path)?;
@@ -128,6 +131,7 @@ impl Receiving {
             _ => {}
         }
         let out = match fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&out_path)

@@ -32,7 +32,17 @@ pub const PROTOCOL: u32 = 1;
 /// - `append1`: `AppendBegin` / `AppendEnd` (append-only growth appended in place).
 /// - `watch1`: `Watch`, `Entries`, `Checkpoint` (a long-lived session that reports the
 ///   agent's own file events).
-pub const FEATURES: &[&str] = &["zstd", "cdc1", "resume1", "versions1", "append1", "watch1"];
+/// - `sigs1`: `PushSigs` (the client hands over the group signatures of a file it pushes,
+///   which the agent keeps for the next transfer that uses the file as its basis).
+pub const FEATURES: &[&str] = &[
+    "zstd",
+    "cdc1",
+    "resume1",
+    "versions1",
+    "append1",
+    "watch1",
+    "sigs1",
+];
 /// Largest frame either side accepts (decoded size).
 pub const MAX_FRAME: usize = 8 << 20;
 /// Literal file data per message.
@@ -438,6 +448,55 @@ pub enum Req {
     Entries(Vec<String>),
     /// Save the scan cache now (a long-lived session outlives many runs); no answer.
     Checkpoint,
+    // ----- feature `sigs1` -----
+    /// Group signatures of the file a push builds (the client's, in order; more messages
+    /// add to them); no answer. Kept with the file once it is installed.
+    PushSigs {
+        handle: u32,
+        groups: Vec<Sig>,
+    },
+}
+
+impl Req {
+    /// The request's kind, for timing reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Req::Probe => "Probe",
+            Req::WriteMarker(_) => "WriteMarker",
+            Req::CleanTemp => "CleanTemp",
+            Req::Scan { .. } => "Scan",
+            Req::Hashes(_) => "Hashes",
+            Req::Entry { .. } => "Entry",
+            Req::Open { .. } => "Open",
+            Req::Read { .. } => "Read",
+            Req::PrefixHash { .. } => "PrefixHash",
+            Req::Groups { .. } => "Groups",
+            Req::Chunks { .. } => "Chunks",
+            Req::Close { .. } => "Close",
+            Req::PushBegin { .. } => "PushBegin",
+            Req::PushData { .. } => "PushData",
+            Req::PushEnd { .. } => "PushEnd",
+            Req::StageSymlink(_) => "StageSymlink",
+            Req::Discard(_) => "Discard",
+            Req::Flush => "Flush",
+            Req::Install { .. } => "Install",
+            Req::Remove { .. } => "Remove",
+            Req::Rename { .. } => "Rename",
+            Req::Mkdir { .. } => "Mkdir",
+            Req::SetMode { .. } => "SetMode",
+            Req::Bye => "Bye",
+            Req::ListVersions { .. } => "ListVersions",
+            Req::StageVersion(_) => "StageVersion",
+            Req::RemoveVersion(_) => "RemoveVersion",
+            Req::StagePrefix { .. } => "StagePrefix",
+            Req::AppendBegin { .. } => "AppendBegin",
+            Req::AppendEnd { .. } => "AppendEnd",
+            Req::Watch { .. } => "Watch",
+            Req::Entries(_) => "Entries",
+            Req::Checkpoint => "Checkpoint",
+            Req::PushSigs { .. } => "PushSigs",
+        }
+    }
 }
 
 /// Agent -> client.
