@@ -92,7 +92,50 @@ struct Push {
     /// The client's group signatures of the new file (`PushSigs`); None once they are
     /// found not to fit.
     sigs: Option<Vec<Sig>>,
+    /// The group signatures of each basis file, once sent to the client (`PushSigs`
+    /// refers to them).
+    basis_groups: Vec<Option<Vec<Sig>>>,
+    /// Bytes the signatures in `sigs` cover.
+    sigs_len: u64,
     err: Option<ReplicaError>,
+}
+
+impl Push {
+    /// Add group signatures of the new file from `PushSigs`; they are dropped for good
+    /// when they refer to signatures not sent or do not fit the file.
+    fn add_sigs(&mut self, g: WGroups) {
+        let Some(v) = self.sigs.as_mut() else { return };
+        let at = v.len();
+        match g {
+            WGroups::Sigs(s) => v.extend(s),
+            WGroups::Basis {
+                basis,
+                first,
+                count,
+            } => {
+                let (first, count) = (first as usize, count as usize);
+                match self
+                    .basis_groups
+                    .get(basis as usize)
+                    .and_then(Option::as_ref)
+                    .and_then(|b| b.get(first..first.saturating_add(count)))
+                {
+                    Some(s) => v.extend_from_slice(s),
+                    None => {
+                        self.sigs = None;
+                        return;
+                    }
+                }
+            }
+        }
+        self.sigs_len += v[at..].iter().map(|g| g.len as u64).sum::<u64>();
+        // Never past the size, at most one group per smallest chunk.
+        if self.sigs_len > self.meta.size
+            || v.len() as u64 > self.meta.size / delta::MIN_CHUNK as u64 + 1
+        {
+            self.sigs = None;
+        }
+    }
 }
 
 /// A finished scan, for the cache: entries, hashed paths, start time, cache deltas before.
@@ -503,13 +546,18 @@ impl Agent {
                         })
                     }
                 };
-                if let Some(Handle::Push(p)) = self.handles.get_mut(&handle) {
-                    p.cached |= hit && basis == 0;
-                }
                 match r {
                     Ok(gs) => {
                         for part in gs.chunks(SIG_BATCH) {
                             w.send(id, &Resp::Sigs(part.to_vec()))?;
+                        }
+                        if let Some(Handle::Push(p)) = self.handles.get_mut(&handle) {
+                            p.cached |= hit && basis == 0;
+                            let b = basis as usize;
+                            if p.basis_groups.len() <= b {
+                                p.basis_groups.resize(b + 1, None);
+                            }
+                            p.basis_groups[b] = Some(gs);
                         }
                         reply(w, Resp::SigsEnd)
                     }
@@ -875,14 +923,8 @@ impl Agent {
             }
             Req::PushSigs { handle, groups } => {
                 if let Some(Handle::Push(p)) = self.handles.get_mut(&handle) {
-                    let size = p.meta.size;
-                    if let Some(v) = p.sigs.as_mut() {
-                        v.extend(groups);
-                        // At most one group per smallest chunk, never past the size.
-                        let total: u64 = v.iter().map(|g| g.len as u64).sum();
-                        if total > size || v.len() as u64 > size / delta::MIN_CHUNK as u64 + 1 {
-                            p.sigs = None;
-                        }
+                    for g in groups {
+                        p.add_sigs(g);
                     }
                 }
                 reply(w, Resp::Ok)
@@ -1290,6 +1332,8 @@ impl Agent {
             current,
             cached: false,
             sigs: Some(Vec::new()),
+            basis_groups: Vec::new(),
+            sigs_len: 0,
             err: None,
         })
     }

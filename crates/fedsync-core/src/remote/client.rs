@@ -1997,20 +1997,14 @@ fn push_ops(
     let mut ours = Vec::new();
     delta::groups(f, 0, size, |s| ours.push(s)).map_err(io_err(path))?;
     laps.mark("our groups");
-    if conn.has("sigs1") {
-        // The agent keeps them for the next transfer of this file (no signature pass there).
-        let reqs: Vec<Req> = ours
-            .chunks(SIG_BATCH)
-            .map(|part| Req::PushSigs {
-                handle,
-                groups: part.to_vec(),
-            })
-            .collect();
-        conn.send(&reqs, false)?;
-    }
     let theirs: Vec<Vec<Sig>> = rxs.iter().map(|rx| conn.sigs(rx)).collect::<Result<_>>()?;
     laps.mark("their groups");
     let plan = delta::plan_groups(&ours, &theirs);
+    if conn.has("sigs1") {
+        // The agent keeps them for the next transfer of this file (no signature pass
+        // there); the groups it has already are named, not sent.
+        conn.send(&push_sigs(handle, &plan, &theirs), false)?;
+    }
     let mut basis_chunks = Vec::new();
     let mut new_chunks = Vec::new();
     if !plan.need_new.is_empty() && !plan.need_basis.is_empty() {
@@ -2042,6 +2036,66 @@ fn push_ops(
         laps.mark("chunks");
     }
     Ok(delta::plan_ops(&plan, &new_chunks, &basis_chunks))
+}
+
+/// `PushSigs` requests describing the new file's groups: runs of groups found in a basis
+/// as references to the basis's groups (as numbered in `theirs`), the others in full.
+fn push_sigs(handle: u32, plan: &delta::GroupPlan, theirs: &[Vec<Sig>]) -> Vec<Req> {
+    let mut number: HashMap<(u8, u64), u32> = HashMap::new();
+    for (b, gs) in theirs.iter().enumerate() {
+        let mut off = 0u64;
+        for (i, g) in gs.iter().enumerate() {
+            number.entry((b as u8, off)).or_insert(i as u32);
+            off += g.len as u64;
+        }
+    }
+    let mut all: Vec<WGroups> = Vec::new();
+    for (_, sig, hit) in &plan.groups {
+        let at = hit.and_then(|(b, o)| number.get(&(b, o)).map(|&i| (b, i)));
+        match (all.last_mut(), at) {
+            (
+                Some(WGroups::Basis {
+                    basis,
+                    first,
+                    count,
+                }),
+                Some((b, i)),
+            ) if *basis == b && *first + *count == i => *count += 1,
+            (_, Some((b, i))) => all.push(WGroups::Basis {
+                basis: b,
+                first: i,
+                count: 1,
+            }),
+            (Some(WGroups::Sigs(v)), None) if v.len() < SIG_BATCH => v.push(*sig),
+            (_, None) => all.push(WGroups::Sigs(vec![*sig])),
+        }
+    }
+    // Messages of at most about SIG_BATCH signatures or references.
+    let mut reqs = Vec::new();
+    let mut part = Vec::new();
+    let mut weight = 0;
+    for g in all {
+        let w = match &g {
+            WGroups::Sigs(v) => v.len(),
+            WGroups::Basis { .. } => 1,
+        };
+        if weight + w > SIG_BATCH && !part.is_empty() {
+            reqs.push(Req::PushSigs {
+                handle,
+                groups: std::mem::take(&mut part),
+            });
+            weight = 0;
+        }
+        weight += w;
+        part.push(g);
+    }
+    if !part.is_empty() {
+        reqs.push(Req::PushSigs {
+            handle,
+            groups: part,
+        });
+    }
+    reqs
 }
 
 fn pull_small(

@@ -301,6 +301,19 @@ pub enum WOp {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
+/// Group signatures of a new file, as `PushSigs` sends them: the groups it shares with a
+/// basis file by reference (the agent has those: it sent them), the others in full.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WGroups {
+    /// `count` groups of basis file `basis` from its group number `first`.
+    Basis {
+        basis: u8,
+        first: u32,
+        count: u32,
+    },
+    Sigs(Vec<Sig>),
+}
+
 /// Client -> agent. Paths are `/`-separated, relative to the agent's root, and validated
 /// by the agent before any use.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,7 +466,7 @@ pub enum Req {
     /// add to them); no answer. Kept with the file once it is installed.
     PushSigs {
         handle: u32,
-        groups: Vec<Sig>,
+        groups: Vec<WGroups>,
     },
 }
 
