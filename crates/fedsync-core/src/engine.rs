@@ -863,12 +863,13 @@ fn hash_deferred(a: &mut Scan, b: &mut Scan, reps: [&dyn Replica; 2], rules: &Ru
 }
 
 fn hash_side(scan: &mut Scan, other: &[(RelPath, Entry)], rep: &dyn Replica, rules: &Rules) {
+    let content_rules = rules.reads_content();
     let needs = |p: &RelPath| {
         p.as_str().ends_with("-wal")
             || other
                 .binary_search_by(|(q, _)| q.cmp(p))
                 .is_ok_and(|i| other[i].1.is_file())
-            || {
+            || content_rules && {
                 let pr = rules.for_path(p, false);
                 pr.validate.is_some() || pr.merge.is_some()
             }
@@ -1579,7 +1580,7 @@ impl Applier<'_, '_> {
                     c.reason.starts_with("review:")
                         && match items.binary_search_by(|it| it.path.cmp(&p)) {
                             Ok(i) => matches!(items[i].decision.action, Action::None),
-                            Err(_) => self.unchanged.binary_search_by(|u| u.path.cmp(&p)).is_ok(),
+                            Err(_) => reconcile::find_unchanged(self.unchanged, &p).is_some(),
                         }
                 })
                 .collect();
@@ -1919,11 +1920,9 @@ impl Applier<'_, '_> {
                     }
                     let row = match self.items.binary_search_by(|it| it.path.cmp(p)) {
                         Ok(i) => self.items[i].side(side),
-                        Err(_) => self
-                            .unchanged
-                            .binary_search_by(|u| u.path.cmp(p))
-                            .ok()
-                            .map(|i| self.unchanged[i].side(side)),
+                        Err(_) => {
+                            reconcile::find_unchanged(self.unchanged, p).map(|u| u.side(side))
+                        }
                     }
                     .and_then(row_of);
                     rows.push((p.clone(), row));
@@ -1955,7 +1954,7 @@ impl Applier<'_, '_> {
             for (p, r) in over {
                 if let Some(c) = r.as_ref().filter(|c| c.mtime < limit) {
                     if self.items.binary_search_by(|it| it.path.cmp(p)).is_err()
-                        && self.unchanged.binary_search_by(|u| u.path.cmp(p)).is_err()
+                        && reconcile::find_unchanged(self.unchanged, p).is_none()
                     {
                         rows.push((p.clone(), c.clone()));
                     }

@@ -293,6 +293,13 @@ impl Rules {
 
     /// The rules for one path: the profile defaults, then every matching `[[rule]]` in
     /// order, each overriding only the keys it sets; `--conflict` last.
+    /// Whether some rule reads file content (a validator or a merge).
+    pub fn reads_content(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.merge.is_some() || r.validate.is_some())
+    }
+
     pub fn for_path(&self, path: &RelPath, is_dir: bool) -> PathRules {
         let mut out = PathRules {
             direction: None,

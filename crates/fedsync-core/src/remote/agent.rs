@@ -1963,17 +1963,7 @@ mod tests {
         assert!(root.join(".fedsync/id").exists());
         assert!(root.join(".fedsync/versions/r1/ok.txt").exists());
     }
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::remote::delta::tests::noise;
 
     #[test]
     fn signatures_are_cached_and_wrong_ones_are_dropped_when_a_build_fails_its_check() {

@@ -1308,20 +1308,41 @@ impl RemoteReplica {
     fn push_whole(&self, mut input: File, meta: &Entry) -> Result<Staged> {
         // A name for the agent's checks and messages (the content has no path yet).
         let label = RelPath::new("staged-content").expect("valid path");
+        let (handle, sent) = self.push_direct(&label, meta, &mut input)?;
+        if sent != meta.size {
+            let _ = self.conn.send(&[Req::Close { handle }], true);
+            return Err(ReplicaError::HashMismatch(label.to_string()));
+        }
+        let r = self.conn.call(&Req::PushEnd { handle })?;
+        let st = self.staged(r)?;
+        if st.hash != meta.hash {
+            return Err(hostile(&self.label, "staged with another hash".into()));
+        }
+        Ok(st)
+    }
+
+    /// Begin a direct push of `path` (the whole content, no delta) and send all of `input`
+    /// as its data; the caller ends it. Returns the handle and the bytes sent.
+    fn push_direct(
+        &self,
+        path: &RelPath,
+        meta: &Entry,
+        input: &mut dyn Read,
+    ) -> Result<(u32, u64)> {
         let handle = self.conn.handle();
         self.conn.send(
             &[Req::PushBegin {
                 handle,
-                path: label.as_str().into(),
+                path: path.as_str().into(),
                 meta: WEntry::from_entry(meta),
                 direct: true,
             }],
             false,
         )?;
-        let mut buf = vec![0u8; DATA_CHUNK];
+        let mut buf = vec![0u8; DATA_CHUNK.min(meta.size as usize + 1).max(1)];
         let mut sent = 0u64;
         loop {
-            let n = read_full(&mut input, &mut buf).map_err(io_err(&label))?;
+            let n = read_full(input, &mut buf).map_err(io_err(path))?;
             if n == 0 {
                 break;
             }
@@ -1333,17 +1354,11 @@ impl RemoteReplica {
                 }],
                 false,
             )?;
+            if n < buf.len() {
+                break;
+            }
         }
-        if sent != meta.size {
-            let _ = self.conn.send(&[Req::Close { handle }], true);
-            return Err(ReplicaError::HashMismatch(label.to_string()));
-        }
-        let r = self.conn.call(&Req::PushEnd { handle })?;
-        let st = self.staged(r)?;
-        if st.hash != meta.hash {
-            return Err(hostile(&self.label, "staged with another hash".into()));
-        }
-        Ok(st)
+        Ok((handle, sent))
     }
 }
 
@@ -1442,34 +1457,7 @@ impl Replica for RemoteReplica {
                 // Small (or from another remote): sent whole right now, the answer is
                 // collected later; nothing waits here.
                 let mut input = src.open(path)?;
-                let handle = self.conn.handle();
-                let wmeta = WEntry::from_entry(meta);
-                self.conn.send(
-                    &[Req::PushBegin {
-                        handle,
-                        path: path.as_str().into(),
-                        meta: wmeta,
-                        direct: true,
-                    }],
-                    false,
-                )?;
-                let mut buf = vec![0u8; DATA_CHUNK.min(meta.size as usize + 1).max(1)];
-                loop {
-                    let n = read_full(&mut input, &mut buf).map_err(io_err(path))?;
-                    if n == 0 {
-                        break;
-                    }
-                    self.conn.send(
-                        &[Req::PushData {
-                            handle,
-                            ops: vec![WOp::Data(buf[..n].to_vec())],
-                        }],
-                        false,
-                    )?;
-                    if n < buf.len() {
-                        break;
-                    }
-                }
+                let (handle, _) = self.push_direct(path, meta, &mut input)?;
                 let rx = self.conn.request(&Req::PushEnd { handle })?;
                 PushJob::Await { slot, rx }
             }
