@@ -16,6 +16,7 @@ use crate::store::{Cached, Store, StoreError};
 use crate::Home;
 use rayon::prelude::*;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::Arc;
@@ -910,26 +911,23 @@ fn hash_side(scan: &mut Scan, other: &[(RelPath, Entry)], rep: &dyn Replica, rul
 /// The per-path inputs: base ∪ A ∪ B (each sorted by path), merged in order as a stream of
 /// borrowed entries (never materialized: reconcile consumes it), with unreadable subtrees
 /// marked.
-pub fn build_inputs<'a>(
-    base: &'a [(RelPath, Entry)],
+pub fn build_inputs<'a, B: Iterator<Item = (RelPath, Entry)>>(
+    base: B,
     a: &'a [(RelPath, Entry)],
     b: &'a [(RelPath, Entry)],
     errors: [&'a [(RelPath, String)]; 2],
     names: [&'a str; 2],
     only: &'a [RelPath],
-) -> impl Iterator<Item = (&'a RelPath, InputRef<'a>)> + 'a {
+) -> impl Iterator<Item = (Cow<'a, RelPath>, InputRef<'a>)> {
     // A lower bound of the union's size (for the caller's allocation); `--paths` may
     // leave out any part of it.
     let lower = if only.is_empty() {
-        base.len().max(a.len()).max(b.len())
+        a.len().max(b.len())
     } else {
         0
     };
-    let mut its = [
-        base.iter().peekable(),
-        a.iter().peekable(),
-        b.iter().peekable(),
-    ];
+    let mut base = base.peekable();
+    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
     let errs: [HashMap<&str, &str>; 2] = errors.map(|es| {
         es.iter()
             .map(|(p, m)| (p.as_str(), m.as_str()))
@@ -937,25 +935,39 @@ pub fn build_inputs<'a>(
     });
     let any_errors = errs.iter().any(|e| !e.is_empty());
     let stream = std::iter::from_fn(move || loop {
-        // The first stream holding the smallest path gives its path; the later ones
-        // holding the same path give only their entry.
-        let mut first: Option<(usize, &RelPath)> = None;
-        for (k, it) in its.iter_mut().enumerate() {
-            if let Some((p, _)) = it.peek() {
-                if first.is_none_or(|(_, q)| p < q) {
-                    first = Some((k, p));
-                }
-            }
-        }
-        let (m, _) = first?;
-        let mut slots: [Option<&Entry>; 3] = [None, None, None];
-        let (path, e) = its[m].next().expect("peeked");
-        slots[m] = Some(e);
-        for (k, it) in its.iter_mut().enumerate().skip(m + 1) {
-            if it.peek().is_some_and(|(p, _)| p == path) {
-                slots[k] = it.next().map(|(_, e)| e);
-            }
-        }
+        // The smallest path of the three streams; a side's path is borrowed (the base's
+        // rows are owned and only a path no side has keeps its own).
+        let side_min: Option<&'a RelPath> = match (ia.peek().copied(), ib.peek().copied()) {
+            (Some((x, _)), Some((y, _))) => Some(if y < x { y } else { x }),
+            (Some((x, _)), None) | (None, Some((x, _))) => Some(x),
+            (None, None) => None,
+        };
+        let base_first = match (base.peek(), side_min) {
+            (None, None) => return None,
+            (Some((bp, _)), Some(x)) => bp < x,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        let (path, be): (Cow<'a, RelPath>, Option<Entry>) = if base_first {
+            let (p, e) = base.next().expect("peeked");
+            (Cow::Owned(p), Some(e))
+        } else {
+            let x = side_min.expect("a side has it");
+            let be = if base.peek().is_some_and(|(bp, _)| bp == x) {
+                base.next().map(|(_, e)| e)
+            } else {
+                None
+            };
+            (Cow::Borrowed(x), be)
+        };
+        let ea = match ia.peek() {
+            Some((p, _)) if *p == *path => ia.next().map(|(_, e)| e),
+            _ => None,
+        };
+        let eb = match ib.peek() {
+            Some((p, _)) if *p == *path => ib.next().map(|(_, e)| e),
+            _ => None,
+        };
         if !only.is_empty() && !only.iter().any(|o| path.starts_with(o)) {
             continue;
         }
@@ -975,13 +987,12 @@ pub fn build_inputs<'a>(
                 }
             }
         }
-        let [base, a, b] = slots;
         return Some((
             path,
             InputRef {
-                base,
-                a,
-                b,
+                base: be,
+                a: ea,
+                b: eb,
                 unreadable,
             },
         ));
@@ -1071,10 +1082,6 @@ impl Engine<'_> {
         };
         let (scan_a, scan_b) = rayon::join(|| scan_with(&ra, cache_a), || scan_with(&rb, cache_b));
         timing.mark("scan");
-        // The base is loaded only now: it is not needed during the walk, and the caches
-        // are gone (lower peak memory).
-        let base = self.store.load_base(pair)?;
-        timing.mark("load base");
         let (mut scan_a, mut scan_b) = match (scan_a, scan_b) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) => {
@@ -1134,7 +1141,6 @@ impl Engine<'_> {
         self.progress.scanned(&names[0], scanned[0]);
         self.progress.scanned(&names[1], scanned[1]);
         let hashed_files = scan_a.hashed_files + scan_b.hashed_files;
-        let base_files = base.iter().filter(|(_, e)| !e.is_dir()).count() as u64;
         let hashed_paths = [
             std::mem::take(&mut scan_a.hashed_paths),
             std::mem::take(&mut scan_b.hashed_paths),
@@ -1144,23 +1150,30 @@ impl Engine<'_> {
         // unchanged rows borrow from them.
         let entries_a = std::mem::take(&mut scan_a.entries);
         let entries_b = std::mem::take(&mut scan_b.entries);
-        let inputs = build_inputs(
-            &base,
-            &entries_a,
-            &entries_b,
-            [&scan_a.errors, &scan_b.errors],
-            [&names[0], &names[1]],
-            &self.opts.paths,
-        );
         let pctx = PairCtx {
             names: names.clone(),
             stamp: self.stamp.to_string(),
         };
-        timing.mark("inputs");
+        // The base is streamed from the state database into the merge with both scans: it
+        // is never held whole next to them (lower peak memory).
+        let base_files = std::cell::Cell::new(0u64);
         let reconcile::Reconciled {
             mut items,
             unchanged,
-        } = reconcile::reconcile_split(inputs, &|p, d| rules.for_path(p, d), &pctx);
+        } = self.store.with_base(pair, |base| {
+            let base =
+                base.inspect(|(_, e)| base_files.set(base_files.get() + u64::from(!e.is_dir())));
+            let inputs = build_inputs(
+                base,
+                &entries_a,
+                &entries_b,
+                [&scan_a.errors, &scan_b.errors],
+                [&names[0], &names[1]],
+                &self.opts.paths,
+            );
+            reconcile::reconcile_split(inputs, &|p, d| rules.for_path(p, d), &pctx)
+        })?;
+        let base_files = base_files.get();
         let tree_len = items.len() + unchanged.len();
         timing.mark("reconcile");
         // Validators and merges: the decisions that read content.

@@ -533,10 +533,10 @@ pub struct Input {
     pub unreadable: Option<String>,
 }
 
-/// One path's inputs, borrowed from the scans and the base (what the engine passes, so a
-/// path unchanged everywhere costs no copy).
+/// One path's inputs: the sides borrowed from the scans, the base as streamed from the
+/// state database (what the engine passes, so a path unchanged everywhere costs no copy).
 pub struct InputRef<'s> {
-    pub base: Option<&'s Entry>,
+    pub base: Option<Entry>,
     pub a: Option<&'s Entry>,
     pub b: Option<&'s Entry>,
     /// Set when either side could not be read at or above this path.
@@ -604,9 +604,9 @@ pub fn reconcile(
     let owned: Vec<(RelPath, Input)> = inputs.into_iter().collect();
     let refs = owned.iter().map(|(p, i)| {
         (
-            p,
+            Cow::Borrowed(p),
             InputRef {
-                base: i.base.as_ref(),
+                base: i.base.clone(),
                 a: i.a.as_ref(),
                 b: i.b.as_ref(),
                 unreadable: i.unreadable.clone(),
@@ -627,7 +627,7 @@ pub fn reconcile(
 /// [`reconcile`] on borrowed inputs, with the paths unchanged everywhere kept apart as
 /// [`Unchanged`] references.
 pub fn reconcile_split<'s>(
-    inputs: impl IntoIterator<Item = (&'s RelPath, InputRef<'s>)>,
+    inputs: impl IntoIterator<Item = (Cow<'s, RelPath>, InputRef<'s>)>,
     rules_for: &dyn Fn(&RelPath, bool) -> PathRules,
     ctx: &PairCtx,
 ) -> Reconciled<'s> {
@@ -637,17 +637,19 @@ pub fn reconcile_split<'s>(
     for (path, inp) in inputs {
         // The common case of a large tree: nothing changed anywhere.
         if inp.unreadable.is_none() {
-            if let (Some(base), Some(a), Some(b)) = (inp.base, inp.a, inp.b) {
+            if let (Cow::Borrowed(path), Some(base), Some(a), Some(b)) =
+                (&path, &inp.base, inp.a, inp.b)
+            {
                 if base.same_state(a) && base.same_state(b) {
                     unchanged.push(Unchanged { path, a, b });
                     continue;
                 }
             }
         }
-        let is_dir = [&inp.a, &inp.b, &inp.base]
+        let is_dir = [inp.a, inp.b, inp.base.as_ref()]
             .iter()
-            .any(|e| e.as_ref().is_some_and(|e| e.is_dir()));
-        let rules = rules_for(path, is_dir);
+            .any(|e| e.is_some_and(|e| e.is_dir()));
+        let rules = rules_for(&path, is_dir);
         let decision = match &inp.unreadable {
             Some(why) => d(
                 Action::Skip {
@@ -655,11 +657,11 @@ pub fn reconcile_split<'s>(
                 },
                 why.clone(),
             ),
-            None => decide(path, inp.base, inp.a, inp.b, &rules, ctx),
+            None => decide(&path, inp.base.as_ref(), inp.a, inp.b, &rules, ctx),
         };
         items.push(Item {
-            path: path.clone(),
-            base: inp.base.cloned(),
+            path: path.into_owned(),
+            base: inp.base,
             a: inp.a.cloned(),
             b: inp.b.cloned(),
             decision,

@@ -5,7 +5,7 @@ use crate::entry::{Entry, Hash, Kind, StatId};
 use crate::path::RelPath;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,10 +24,12 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     conn: Connection,
     path: String,
+    /// The database file (None for an in-memory database).
+    file: Option<PathBuf>,
 }
 
 /// A scan cache row: what a file looked like when it was last hashed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cached {
     pub size: u64,
     pub mtime: i64,
@@ -196,90 +198,210 @@ fn encode_base(rows: &[(RelPath, Entry)]) -> Vec<u8> {
 
 /// A base snapshot (see [`encode_base`]) read from a stream: each row is gathered into a
 /// small buffer and decoded by [`decode_entry`].
-fn decode_base_from(mut r: impl std::io::Read) -> Option<Vec<(RelPath, Entry)>> {
-    let mut magic = [0u8; 4];
-    r.read_exact(&mut magic).ok()?;
-    if &magic != b"FSB1" {
-        return None;
+#[cfg(test)]
+fn decode_base_from(r: impl std::io::Read) -> Option<Vec<(RelPath, Entry)>> {
+    let mut rows = BaseRows::new(r);
+    let out: Vec<_> = rows.by_ref().collect();
+    (!rows.corrupt).then_some(out)
+}
+
+/// The rows of a base snapshot, decoded one at a time from a stream. A damaged snapshot
+/// ends the rows early and sets `corrupt` (the caller must check it).
+struct BaseRows<R> {
+    r: R,
+    started: bool,
+    done: bool,
+    corrupt: bool,
+    path: Vec<u8>,
+    rec: Vec<u8>,
+}
+
+impl<R: std::io::Read> BaseRows<R> {
+    fn new(r: R) -> BaseRows<R> {
+        BaseRows {
+            r,
+            started: false,
+            done: false,
+            corrupt: false,
+            path: Vec::new(),
+            rec: Vec::with_capacity(128),
+        }
     }
-    let mut rows = Vec::new();
-    let mut path = Vec::new();
-    let mut rec = Vec::with_capacity(128);
-    loop {
+
+    /// One row; `Ok(None)` at a clean end, `Err(())` on damage.
+    fn row(&mut self) -> std::result::Result<Option<(RelPath, Entry)>, ()> {
+        let r = &mut self.r;
+        if !self.started {
+            self.started = true;
+            let mut magic = [0u8; 4];
+            r.read_exact(&mut magic).map_err(|_| ())?;
+            if &magic != b"FSB1" {
+                return Err(());
+            }
+        }
         let mut n = [0u8; 4];
         match r.read(&mut n[..1]) {
-            Ok(0) => break,
-            Ok(_) => r.read_exact(&mut n[1..]).ok()?,
-            Err(_) => return None,
+            Ok(0) => return Ok(None),
+            Ok(_) => r.read_exact(&mut n[1..]).map_err(|_| ())?,
+            Err(_) => return Err(()),
         }
-        path.resize(u32::from_le_bytes(n) as usize, 0);
-        r.read_exact(&mut path).ok()?;
-        let path = RelPath::new(std::str::from_utf8(&path).ok()?).ok()?;
+        self.path.resize(u32::from_le_bytes(n) as usize, 0);
+        r.read_exact(&mut self.path).map_err(|_| ())?;
+        let path = std::str::from_utf8(&self.path).map_err(|_| ())?;
+        let path = RelPath::new(path).map_err(|_| ())?;
         // kind, size, mtime, mode, hash flag; the hash; the link length; the link.
+        let rec = &mut self.rec;
         rec.clear();
         rec.resize(22, 0);
-        r.read_exact(&mut rec).ok()?;
+        r.read_exact(rec).map_err(|_| ())?;
         if rec[21] == 1 {
             rec.resize(22 + 32, 0);
-            r.read_exact(&mut rec[22..]).ok()?;
+            r.read_exact(&mut rec[22..]).map_err(|_| ())?;
         }
         let at = rec.len();
         rec.resize(at + 4, 0);
-        r.read_exact(&mut rec[at..]).ok()?;
-        let link = u32::from_le_bytes(rec[at..].try_into().ok()?) as usize;
+        r.read_exact(&mut rec[at..]).map_err(|_| ())?;
+        let link = u32::from_le_bytes(rec[at..].try_into().map_err(|_| ())?) as usize;
         if link > 0 {
             let at = rec.len();
             rec.resize(at + link - 1, 0);
-            r.read_exact(&mut rec[at..]).ok()?;
+            r.read_exact(&mut rec[at..]).map_err(|_| ())?;
         }
         let mut b = rec.as_slice();
-        let e = decode_entry(&mut b)?;
+        let e = decode_entry(&mut b).ok_or(())?;
         if !b.is_empty() {
+            return Err(());
+        }
+        Ok(Some((path, e)))
+    }
+}
+
+impl<R: std::io::Read> Iterator for BaseRows<R> {
+    type Item = (RelPath, Entry);
+    fn next(&mut self) -> Option<(RelPath, Entry)> {
+        if self.done {
             return None;
         }
-        rows.push((path, e));
+        match self.row() {
+            Ok(Some(row)) => Some(row),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(()) => {
+                self.done = true;
+                self.corrupt = true;
+                None
+            }
+        }
     }
-    Some(rows)
+}
+
+/// Base rows in path order: a snapshot's rows with the per-path changes since it merged in
+/// (a change replaces the row of its path; `None` removes it).
+fn merge_base<'a>(
+    snap: impl Iterator<Item = (RelPath, Entry)> + 'a,
+    deltas: Vec<(RelPath, Option<Entry>)>,
+) -> impl Iterator<Item = (RelPath, Entry)> + 'a {
+    let mut snap = snap.peekable();
+    let mut d = deltas.into_iter().peekable();
+    std::iter::from_fn(move || loop {
+        let take_delta = match (snap.peek(), d.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((sp, _)), Some((dp, _))) => dp <= sp,
+        };
+        if take_delta {
+            let (dp, de) = d.next().expect("peeked");
+            if snap.peek().is_some_and(|(sp, _)| *sp == dp) {
+                snap.next();
+            }
+            if let Some(de) = de {
+                return Some((dp, de));
+            }
+        } else {
+            return snap.next();
+        }
+    })
+}
+
+/// Caches at least this large are streamed from the database by the scan that merges them
+/// instead of being read into memory first.
+const STREAM_CACHE_BYTES: i64 = 1 << 20;
+
+/// Where a scan cache's snapshot rows come from.
+#[derive(Debug)]
+enum CacheSrc {
+    /// Held in memory (small caches, tests).
+    Mem(Vec<u8>),
+    /// Read from the database while the scan merges it (incremental blob I/O on a
+    /// connection of the scan's own): a large tree's cache is never held whole in memory.
+    Db { db: PathBuf, rowid: i64 },
 }
 
 /// A replica's scan cache as stored: decoded row by row while a scan merges it with the
-/// walk, so a large tree's cache is never held as one decoded object per file.
-#[derive(Debug, Default)]
+/// walk, so a large tree's cache is never held as one decoded object per file (nor, when
+/// it is large, as one blob).
+#[derive(Debug)]
 pub struct CacheBlob {
-    blob: Vec<u8>,
+    src: CacheSrc,
     /// Rows changed since the blob was written (None = removed), sorted by path.
     deltas: Vec<(String, Option<Cached>)>,
 }
 
+impl Default for CacheBlob {
+    fn default() -> CacheBlob {
+        CacheBlob {
+            src: CacheSrc::Mem(Vec::new()),
+            deltas: Vec::new(),
+        }
+    }
+}
+
 impl CacheBlob {
-    /// Rows in path order, the changes since the last full write applied.
-    pub fn rows(&self) -> impl Iterator<Item = (&str, Cached)> + '_ {
-        let b = self.blob.as_slice();
-        let mut base = CacheIter(b.strip_prefix(b"FSC1".as_slice()).unwrap_or(&[])).peekable();
-        let mut d = self.deltas.iter().peekable();
-        std::iter::from_fn(move || loop {
-            let take_delta = match (base.peek(), d.peek()) {
-                (None, None) => return None,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some((bp, _)), Some((dp, _))) => {
-                    if dp.as_str() == *bp {
-                        base.next();
-                        true
-                    } else {
-                        dp.as_str() < *bp
-                    }
-                }
-            };
-            if take_delta {
-                let (p, c) = d.next().expect("peeked");
-                if let Some(c) = c {
-                    return Some((p.as_str(), c.clone()));
-                }
-            } else {
-                return base.next();
+    /// Run `f` with a cursor over the rows in path order (the changes since the last full
+    /// write applied). A cache that cannot be read any more is an empty cursor: every file
+    /// is hashed again, which is slow but never wrong.
+    pub fn with_cursor<T>(&self, f: impl FnOnce(&mut CacheCursor<'_>) -> T) -> T {
+        match &self.src {
+            CacheSrc::Mem(b) => f(&mut CacheCursor::new(Box::new(b.as_slice()), &self.deltas)),
+            CacheSrc::Db { db, rowid } => {
+                let opened = Connection::open_with_flags(
+                    db,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .and_then(|conn| {
+                    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+                    Ok(conn)
+                });
+                let conn = match opened {
+                    Ok(c) => c,
+                    Err(_) => return f(&mut CacheCursor::new(Box::new(&[][..]), &self.deltas)),
+                };
+                let blob = conn.blob_open(
+                    rusqlite::DatabaseName::Main,
+                    "scan_cache",
+                    "data",
+                    *rowid,
+                    true,
+                );
+                let out = match blob {
+                    Ok(blob) => f(&mut CacheCursor::new(
+                        Box::new(std::io::BufReader::with_capacity(256 << 10, blob)),
+                        &self.deltas,
+                    )),
+                    Err(_) => f(&mut CacheCursor::new(Box::new(&[][..]), &self.deltas)),
+                };
+                out
             }
-        })
+        }
+    }
+
+    /// Every row, in path order (small uses: `verify`, tests).
+    pub fn collect_rows(&self) -> Vec<(String, Cached)> {
+        self.with_cursor(|c| std::iter::from_fn(|| c.next_row()).collect())
     }
 
     /// How many rows changed since the last full write.
@@ -288,24 +410,128 @@ impl CacheBlob {
     }
 }
 
-struct CacheIter<'a>(&'a [u8]);
+/// A forward-only reader of a scan cache: [`CacheCursor::find`] with paths in increasing
+/// order is a merge join with a sorted walk, one reused buffer, no allocation per row.
+pub struct CacheCursor<'a> {
+    r: Box<dyn std::io::BufRead + 'a>,
+    started: bool,
+    /// The snapshot row read last and not yet passed.
+    cur: Option<(String, Cached)>,
+    done: bool,
+    deltas: std::iter::Peekable<std::slice::Iter<'a, (String, Option<Cached>)>>,
+}
 
-impl<'a> Iterator for CacheIter<'a> {
-    type Item = (&'a str, Cached);
-    fn next(&mut self) -> Option<Self::Item> {
-        let b = &mut self.0;
-        if b.is_empty() {
-            return None;
+/// One cache record after its path: size, mtime, dev, ino, ctime, hash.
+const CACHED_LEN: usize = 5 * 8 + 32;
+
+impl<'a> CacheCursor<'a> {
+    fn new(
+        r: Box<dyn std::io::BufRead + 'a>,
+        deltas: &'a [(String, Option<Cached>)],
+    ) -> CacheCursor<'a> {
+        CacheCursor {
+            r,
+            started: false,
+            cur: None,
+            done: false,
+            deltas: deltas.iter().peekable(),
         }
-        let row = (|| {
-            let n = u32_(b)? as usize;
-            let path = std::str::from_utf8(take(b, n)?).ok()?;
-            Some((path, decode_cached(b)?))
+    }
+
+    /// Read the next snapshot row into `cur` (the path buffer is reused). False at the end
+    /// or on a damaged blob (the rest then counts as absent).
+    fn advance(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
+        let ok = (|| -> Option<()> {
+            if !self.started {
+                self.started = true;
+                let mut magic = [0u8; 4];
+                self.r.read_exact(&mut magic).ok()?;
+                if &magic != b"FSC1" {
+                    return None;
+                }
+            }
+            let mut n = [0u8; 4];
+            match self.r.read(&mut n[..1]) {
+                Ok(1) => self.r.read_exact(&mut n[1..]).ok()?,
+                _ => return None,
+            }
+            let mut bytes = self
+                .cur
+                .take()
+                .map(|(p, _)| p.into_bytes())
+                .unwrap_or_default();
+            bytes.clear();
+            bytes.resize(u32::from_le_bytes(n) as usize, 0);
+            self.r.read_exact(&mut bytes).ok()?;
+            let path = String::from_utf8(bytes).ok()?;
+            let mut rec = [0u8; CACHED_LEN];
+            self.r.read_exact(&mut rec).ok()?;
+            let c = decode_cached(&mut rec.as_slice())?;
+            self.cur = Some((path, c));
+            Some(())
         })();
-        if row.is_none() {
-            self.0 = &[];
+        if ok.is_none() {
+            self.done = true;
+            self.cur = None;
         }
-        row
+        ok.is_some()
+    }
+
+    /// The cached row of `path`. Paths must be asked in increasing order: rows before
+    /// `path` are passed for good.
+    pub fn find(&mut self, path: &str) -> Option<Cached> {
+        while self.deltas.peek().is_some_and(|(p, _)| p.as_str() < path) {
+            self.deltas.next();
+        }
+        let delta = self
+            .deltas
+            .peek()
+            .filter(|(p, _)| p.as_str() == path)
+            .map(|(_, c)| c.clone());
+        if !self.started {
+            self.advance();
+        }
+        while self.cur.as_ref().is_some_and(|(p, _)| p.as_str() < path) {
+            self.advance();
+        }
+        if let Some(d) = delta {
+            return d;
+        }
+        self.cur
+            .as_ref()
+            .filter(|(p, _)| p.as_str() == path)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// The next row in path order (snapshot and changes merged), for whole-cache readers.
+    pub fn next_row(&mut self) -> Option<(String, Cached)> {
+        loop {
+            if !self.started {
+                self.advance();
+            }
+            let take_delta = match (&self.cur, self.deltas.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((bp, _)), Some((dp, _))) => dp.as_str() <= bp.as_str(),
+            };
+            if take_delta {
+                let (p, c) = self.deltas.next().expect("peeked");
+                if self.cur.as_ref().is_some_and(|(bp, _)| bp == p) {
+                    self.advance();
+                }
+                if let Some(c) = c {
+                    return Some((p.clone(), c.clone()));
+                }
+            } else {
+                let row = self.cur.clone();
+                self.advance();
+                return row;
+            }
+        }
     }
 }
 
@@ -372,7 +598,11 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(wrap)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(wrap)?;
-        Ok(Store { conn, path: label })
+        Ok(Store {
+            conn,
+            path: label,
+            file: (path != Path::new(":memory:")).then(|| path.to_path_buf()),
+        })
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
@@ -426,35 +656,18 @@ impl Store {
     /// The base of a pair, sorted by path (byte order, as `RelPath` sorts): the last
     /// snapshot with the per-path changes written since applied on top.
     pub fn load_base(&self, pair: i64) -> Result<Vec<(RelPath, Entry)>> {
+        self.with_base(pair, |rows| rows.collect())
+    }
+
+    /// Run `f` over the base of a pair in path order, streamed from the database
+    /// (incremental blob I/O, decoded row by row): a base of 100,000 paths is never held
+    /// whole, neither as a blob nor decoded. A damaged snapshot is an error (after `f`).
+    pub fn with_base<T>(
+        &self,
+        pair: i64,
+        f: impl FnOnce(&mut dyn Iterator<Item = (RelPath, Entry)>) -> T,
+    ) -> Result<T> {
         let corrupt = |what: &str| StoreError::Corrupt(self.path.clone(), what.to_string());
-        // Streamed from the database (incremental blob I/O): a snapshot of tens of
-        // megabytes is never held whole next to what it decodes to.
-        let present = self
-            .conn
-            .query_row(
-                "SELECT 1 FROM base_snap WHERE pair = ?1",
-                [pair],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        let snap = match present {
-            Some(()) => {
-                let blob = self
-                    .conn
-                    .blob_open(
-                        rusqlite::DatabaseName::Main,
-                        "base_snap",
-                        "data",
-                        pair,
-                        true,
-                    )
-                    .map_err(|e| self.err(e))?;
-                decode_base_from(std::io::BufReader::with_capacity(1 << 20, blob))
-                    .ok_or_else(|| corrupt("base snapshot"))?
-            }
-            None => Vec::new(),
-        };
         let mut st = self
             .conn
             .prepare_cached("SELECT path, entry FROM base_delta WHERE pair = ?1 ORDER BY path")
@@ -472,28 +685,36 @@ impl Store {
             };
             deltas.push((path, e));
         }
-        if deltas.is_empty() {
-            return Ok(snap);
+        drop(rows);
+        let present = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM base_snap WHERE pair = ?1",
+                [pair],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some(()) = present else {
+            return Ok(f(&mut merge_base(std::iter::empty(), deltas)));
+        };
+        let blob = self
+            .conn
+            .blob_open(
+                rusqlite::DatabaseName::Main,
+                "base_snap",
+                "data",
+                pair,
+                true,
+            )
+            .map_err(|e| self.err(e))?;
+        let mut snap = BaseRows::new(std::io::BufReader::with_capacity(256 << 10, blob));
+        let out = f(&mut merge_base(&mut snap, deltas));
+        // Rows `f` did not read are read now: damage anywhere in the snapshot counts.
+        snap.by_ref().for_each(drop);
+        if snap.corrupt {
+            return Err(corrupt("base snapshot"));
         }
-        let mut out = Vec::with_capacity(snap.len() + deltas.len());
-        let mut d = deltas.into_iter().peekable();
-        for (p, e) in snap {
-            while d.peek().is_some_and(|(dp, _)| *dp < p) {
-                let (dp, de) = d.next().expect("peeked");
-                if let Some(de) = de {
-                    out.push((dp, de));
-                }
-            }
-            if d.peek().is_some_and(|(dp, _)| *dp == p) {
-                let (dp, de) = d.next().expect("peeked");
-                if let Some(de) = de {
-                    out.push((dp, de));
-                }
-            } else {
-                out.push((p, e));
-            }
-        }
-        out.extend(d.filter_map(|(p, e)| e.map(|e| (p, e))));
         Ok(out)
     }
 
@@ -550,15 +771,33 @@ impl Store {
 
     /// The scan cache of a replica (rows sorted by path).
     pub fn load_cache(&self, replica: &str) -> Result<CacheBlob> {
-        let blob: Option<Vec<u8>> = self
+        let row: Option<(i64, i64)> = self
             .conn
             .query_row(
-                "SELECT data FROM scan_cache WHERE replica = ?1",
+                "SELECT rowid, length(data) FROM scan_cache WHERE replica = ?1",
                 [replica],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(|e| self.err(e))?;
+        let src = match row {
+            None => CacheSrc::Mem(Vec::new()),
+            Some((rowid, len)) if len >= STREAM_CACHE_BYTES && self.file.is_some() => {
+                CacheSrc::Db {
+                    db: self.file.clone().expect("checked"),
+                    rowid,
+                }
+            }
+            Some((rowid, _)) => CacheSrc::Mem(
+                self.conn
+                    .query_row(
+                        "SELECT data FROM scan_cache WHERE rowid = ?1",
+                        [rowid],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| self.err(e))?,
+            ),
+        };
         let mut st = self
             .conn
             .prepare_cached("SELECT path, data FROM cache_delta WHERE replica = ?1 ORDER BY path")
@@ -572,10 +811,7 @@ impl Store {
             .map_err(|e| self.err(e))?
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
-        Ok(CacheBlob {
-            blob: blob.unwrap_or_default(),
-            deltas,
-        })
+        Ok(CacheBlob { src, deltas })
     }
 
     /// Record a few changed cache rows without rewriting the whole cache.
@@ -1049,5 +1285,146 @@ mod tests {
         );
         assert!(decode_base_from(&b"FSX1"[..]).is_none(), "wrong magic");
         assert_eq!(decode_base_from(&b"FSB1"[..]).unwrap().len(), 0);
+    }
+
+    fn cached(i: u64) -> Cached {
+        Cached {
+            size: i,
+            mtime: i as i64 * 7,
+            stat: StatId {
+                dev: 3,
+                ino: i + 100,
+                ctime: i as i64 * 11,
+            },
+            hash: Hash::of(&i.to_le_bytes()),
+        }
+    }
+
+    /// A cache large enough to be streamed from the database (not read whole) gives the
+    /// same rows as one held in memory, with the per-path changes applied on top, both to
+    /// the merge-join lookups of a scan and to whole-cache readers.
+    #[test]
+    fn a_large_scan_cache_is_streamed_with_its_changes_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let n = 20_000u64;
+        let path = |i: u64| format!("dir-{:03}/some/deeper/folder/file-{i:06}.txt", i % 97);
+        let mut rows: Vec<(RelPath, Cached)> = (0..n)
+            .map(|i| (RelPath::new(&path(i)).unwrap(), cached(i)))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        store.save_cache("r", &rows).unwrap();
+        // Changes since: one row replaced, one removed, one added (sorting first).
+        let (changed, removed) = (rows[10].0.clone(), rows[20].0.clone());
+        let added = RelPath::new("0-new").unwrap();
+        store
+            .save_cache_deltas(
+                "r",
+                &[
+                    (changed.clone(), Some(cached(999_999))),
+                    (removed.clone(), None),
+                    (added.clone(), Some(cached(424_242))),
+                ],
+            )
+            .unwrap();
+        let blob = store.load_cache("r").unwrap();
+        assert!(
+            matches!(blob.src, CacheSrc::Db { .. }),
+            "a cache of {n} rows is streamed"
+        );
+        let mut want: Vec<(String, Cached)> = rows
+            .iter()
+            .filter(|(p, _)| *p != removed)
+            .map(|(p, c)| {
+                let c = if *p == changed {
+                    cached(999_999)
+                } else {
+                    c.clone()
+                };
+                (p.as_str().to_string(), c)
+            })
+            .collect();
+        want.insert(0, (added.as_str().to_string(), cached(424_242)));
+        assert_eq!(blob.collect_rows(), want);
+        // Lookups in increasing order, with paths the cache does not have in between.
+        blob.with_cursor(|c| {
+            assert_eq!(c.find(added.as_str()), Some(cached(424_242)));
+            for (k, (p, want)) in rows.iter().enumerate() {
+                if k % 3 == 0 {
+                    assert_eq!(c.find(&format!("{}-absent", p.as_str())), None);
+                    continue;
+                }
+                let got = c.find(p.as_str());
+                if *p == removed {
+                    assert_eq!(got, None, "{p}");
+                } else if *p == changed {
+                    assert_eq!(got, Some(cached(999_999)));
+                } else {
+                    assert_eq!(got.as_ref(), Some(want), "{p}");
+                }
+            }
+            assert_eq!(c.find("zzz"), None);
+        });
+        // A small cache is held in memory and reads the same way.
+        store.save_cache("small", &rows[..5]).unwrap();
+        let small = store.load_cache("small").unwrap();
+        assert!(matches!(small.src, CacheSrc::Mem(_)));
+        assert_eq!(small.collect_rows().len(), 5);
+    }
+
+    /// The base streamed into a run's merge is the snapshot with its changes applied, and
+    /// a damaged snapshot fails the run's read instead of looking like deleted rows.
+    #[test]
+    fn the_base_streams_with_its_changes_and_damage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let pair = store.pair_id("a|b").unwrap();
+        let file = |n: u64| Entry {
+            kind: Kind::File,
+            size: n,
+            mtime: 1,
+            mode: 0o644,
+            hash: Some(Hash::of(&n.to_le_bytes())),
+            link: None,
+            stat: None,
+        };
+        {
+            let b = store.batch().unwrap();
+            for i in 0..3000u64 {
+                b.set_base(pair, &RelPath::new(&format!("f{i:05}")).unwrap(), &file(i))
+                    .unwrap();
+            }
+            b.commit().unwrap();
+        }
+        store.compact_base(pair).unwrap();
+        {
+            let b = store.batch().unwrap();
+            b.remove_base(pair, &RelPath::new("f00001").unwrap())
+                .unwrap();
+            b.set_base(pair, &RelPath::new("f00002").unwrap(), &file(77))
+                .unwrap();
+            b.set_base(pair, &RelPath::new("g").unwrap(), &file(5))
+                .unwrap();
+            b.commit().unwrap();
+        }
+        let rows = store.with_base(pair, |it| it.collect::<Vec<_>>()).unwrap();
+        assert_eq!(rows.len(), 3000);
+        assert_eq!(rows[0].0.as_str(), "f00000");
+        assert_eq!(rows[1], (RelPath::new("f00002").unwrap(), file(77)));
+        assert_eq!(rows.last().unwrap().0.as_str(), "g");
+        // A reader that stops early still has the rest checked.
+        assert_eq!(store.with_base(pair, |it| it.take(2).count()).unwrap(), 2);
+        // Damage in the middle of the snapshot.
+        store
+            .conn
+            .execute(
+                "UPDATE base_snap SET data = substr(data, 1, length(data) / 2) WHERE pair = ?1",
+                [pair],
+            )
+            .unwrap();
+        assert!(matches!(
+            store.with_base(pair, |it| it.count()),
+            Err(StoreError::Corrupt(..))
+        ));
     }
 }

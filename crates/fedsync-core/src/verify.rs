@@ -115,7 +115,8 @@ pub fn verify(home: &Home, profile: &Profile) -> Result<VerifyReport, EngineErro
             });
         }
         // Against the scan cache: same inode, ctime, size and mtime, other content.
-        let cached: HashMap<&str, crate::store::Cached> = cache.rows().collect();
+        let cached: HashMap<String, crate::store::Cached> =
+            cache.collect_rows().into_iter().collect();
         for (p, e) in &scan.entries {
             let (Some(c), Some(h), Some(st)) = (cached.get(p.as_str()), e.hash, e.stat) else {
                 continue;

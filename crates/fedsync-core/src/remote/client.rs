@@ -1162,74 +1162,73 @@ impl RemoteReplica {
             only: opts.only.iter().map(|p| p.as_str().to_string()).collect(),
         })?;
         let mut scan = Scan::default();
-        let mut rows = cache.rows().peekable();
-        let mut need: Vec<usize> = Vec::new();
-        let mut last: Option<RelPath> = None;
-        loop {
-            match self.conn.next(&rx)? {
-                Resp::ScanBatch(batch) => {
-                    for (p, we) in batch {
-                        let p = RelPath::new(&p).map_err(|e| {
-                            hostile(&self.label, format!("invalid path in the listing: {e}"))
-                        })?;
-                        let mut e = we
-                            .to_entry()
-                            .map_err(|m| hostile(&self.label, format!("{p}: {m}")))?;
-                        if p.is_root() || rules.is_excluded(&p, e.is_dir()) {
-                            return Err(hostile(
-                                &self.label,
-                                format!("{p}: the listing holds a path that is not synced (.fedsync/ or ignored)"),
-                            ));
-                        }
-                        if last.as_ref().is_some_and(|l| *l >= p) {
-                            return Err(hostile(
-                                &self.label,
-                                format!("{p}: the listing is not sorted"),
-                            ));
-                        }
-                        if e.kind == Kind::File {
-                            if e.hash.is_some() {
-                                scan.hashed_paths.push(p.clone());
-                            } else {
-                                while rows.peek().is_some_and(|(cp, _)| *cp < p.as_str()) {
-                                    rows.next();
-                                }
-                                match rows.peek().filter(|(cp, _)| *cp == p.as_str()) {
-                                    Some((_, c))
-                                        if c.size == e.size
-                                            && c.mtime == e.mtime
-                                            && Some(c.stat) == e.stat =>
-                                    {
-                                        e.hash = Some(c.hash)
+        let need = cache.with_cursor(|rows| -> Result<Vec<usize>> {
+            let mut need: Vec<usize> = Vec::new();
+            let mut last: Option<RelPath> = None;
+            loop {
+                match self.conn.next(&rx)? {
+                    Resp::ScanBatch(batch) => {
+                        for (p, we) in batch {
+                            let p = RelPath::new(&p).map_err(|e| {
+                                hostile(&self.label, format!("invalid path in the listing: {e}"))
+                            })?;
+                            let mut e = we
+                                .to_entry()
+                                .map_err(|m| hostile(&self.label, format!("{p}: {m}")))?;
+                            if p.is_root() || rules.is_excluded(&p, e.is_dir()) {
+                                return Err(hostile(
+                                    &self.label,
+                                    format!("{p}: the listing holds a path that is not synced (.fedsync/ or ignored)"),
+                                ));
+                            }
+                            if last.as_ref().is_some_and(|l| *l >= p) {
+                                return Err(hostile(
+                                    &self.label,
+                                    format!("{p}: the listing is not sorted"),
+                                ));
+                            }
+                            if e.kind == Kind::File {
+                                if e.hash.is_some() {
+                                    scan.hashed_paths.push(p.clone());
+                                } else {
+                                    match rows.find(p.as_str()) {
+                                        Some(c)
+                                            if c.size == e.size
+                                                && c.mtime == e.mtime
+                                                && Some(c.stat) == e.stat =>
+                                        {
+                                            e.hash = Some(c.hash)
+                                        }
+                                        _ => need.push(scan.entries.len()),
                                     }
-                                    _ => need.push(scan.entries.len()),
                                 }
                             }
+                            last = Some(p.clone());
+                            scan.entries.push((p, e));
                         }
-                        last = Some(p.clone());
-                        scan.entries.push((p, e));
                     }
-                }
-                Resp::ScanEnd {
-                    errors,
-                    hashed_files,
-                    hashed_bytes,
-                    started_ns,
-                } => {
-                    for (p, m) in errors {
-                        let p = RelPath::new(&p).map_err(|e| {
-                            hostile(&self.label, format!("invalid path in scan errors: {e}"))
-                        })?;
-                        scan.errors.push((p, m));
+                    Resp::ScanEnd {
+                        errors,
+                        hashed_files,
+                        hashed_bytes,
+                        started_ns,
+                    } => {
+                        for (p, m) in errors {
+                            let p = RelPath::new(&p).map_err(|e| {
+                                hostile(&self.label, format!("invalid path in scan errors: {e}"))
+                            })?;
+                            scan.errors.push((p, m));
+                        }
+                        scan.hashed_files = hashed_files;
+                        scan.hashed_bytes = hashed_bytes;
+                        scan.started_ns = started_ns;
+                        break;
                     }
-                    scan.hashed_files = hashed_files;
-                    scan.hashed_bytes = hashed_bytes;
-                    scan.started_ns = started_ns;
-                    break;
+                    r => return Err(unexpected(&self.label, &r)),
                 }
-                r => return Err(unexpected(&self.label, &r)),
             }
-        }
+            Ok(need)
+        })?;
         // Hashes the engine's cache of this replica does not have (first sync, changes).
         for part in need.chunks(20_000) {
             let paths: Vec<String> = part

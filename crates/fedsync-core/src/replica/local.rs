@@ -435,40 +435,55 @@ impl LocalReplica {
         only: &[RelPath],
         errors: &Mutex<Vec<(RelPath, String)>>,
     ) -> (Vec<(RelPath, Entry)>, Vec<RelPath>) {
-        let abs = self.abs(dir);
-        let rd = match fs::read_dir(&abs) {
-            Ok(rd) => rd,
+        use rustix::fs::{Mode, OFlags};
+        let fail = |p: RelPath, m: String| errors.lock().expect("lock").push((p, m));
+        // Below the root, a directory that became a symlink since its parent was listed
+        // is not followed.
+        let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        if !dir.is_root() {
+            flags |= OFlags::NOFOLLOW;
+        }
+        let fd = match rustix::fs::open(self.abs(dir), flags, Mode::empty()) {
+            Ok(fd) => fd,
             Err(e) => {
-                errors
-                    .lock()
-                    .expect("lock")
-                    .push((dir.clone(), format!("cannot list directory: {e}")));
+                fail(
+                    dir.clone(),
+                    format!("cannot list directory: {}", io::Error::from(e)),
+                );
                 return (Vec::new(), Vec::new());
             }
         };
         // Children kept, as (path, entry); subdirectories to descend into.
         let mut own: Vec<(RelPath, Entry)> = Vec::new();
         let mut subdirs: Vec<RelPath> = Vec::new();
-        for de in rd {
+        // Names straight from getdents64 into a reused buffer, stat relative to the open
+        // directory: no allocation per name, no path walk per file.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 32 * 1024];
+        let mut names = rustix::fs::RawDir::new(&fd, &mut buf);
+        while let Some(de) = names.next() {
             let de = match de {
                 Ok(de) => de,
                 Err(e) => {
-                    errors
-                        .lock()
-                        .expect("lock")
-                        .push((dir.clone(), format!("cannot list directory: {e}")));
+                    fail(
+                        dir.clone(),
+                        format!("cannot list directory: {}", io::Error::from(e)),
+                    );
                     return (Vec::new(), Vec::new());
                 }
             };
-            let name = de.file_name();
-            let Some(name) = name.to_str() else {
-                errors.lock().expect("lock").push((
+            let cname = de.file_name();
+            let bytes = cname.to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            let Ok(name) = std::str::from_utf8(bytes) else {
+                fail(
                     dir.clone(),
                     format!(
                         "a name in this directory is not valid UTF-8 ({:?}); it is not synced",
-                        name
+                        String::from_utf8_lossy(bytes)
                     ),
-                ));
+                );
                 continue;
             };
             if dir.is_root() && name == META_DIR {
@@ -477,15 +492,18 @@ impl LocalReplica {
             let Ok(rel) = dir.join(name) else {
                 continue;
             };
-            let md = match de.metadata() {
-                Ok(md) => md,
+            let st = match stat_at(&fd, cname) {
+                Ok(st) => st,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    errors.lock().expect("lock").push((rel, e.to_string()));
+                    fail(rel, e.to_string());
                     continue;
                 }
             };
-            let is_dir = md.is_dir();
+            let Some(kind) = st.kind else {
+                continue; // sockets, fifos, devices: not synced
+            };
+            let is_dir = kind == Kind::Dir;
             if rules.is_excluded(&rel, is_dir) {
                 if is_dir && rules.should_descend(&rel) {
                     subdirs.push(rel);
@@ -499,20 +517,28 @@ impl LocalReplica {
             {
                 continue;
             }
-            let link = if md.file_type().is_symlink() {
-                match read_link_str(&de.path()) {
+            let link = if kind == Kind::Symlink {
+                let target = rustix::fs::readlinkat(&fd, cname, Vec::new())
+                    .map_err(io::Error::from)
+                    .and_then(|t| {
+                        t.into_string().map_err(|_| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "symlink target is not valid UTF-8",
+                            )
+                        })
+                    });
+                match target {
                     Ok(l) => Some(l),
                     Err(e) => {
-                        errors.lock().expect("lock").push((rel, e.to_string()));
+                        fail(rel, e.to_string());
                         continue;
                     }
                 }
             } else {
                 None
             };
-            let Some(entry) = entry_from_meta(&md, link) else {
-                continue;
-            };
+            let entry = st.entry(link);
             if is_dir && rules.should_descend(&rel) {
                 subdirs.push(rel.clone());
             }
@@ -521,6 +547,91 @@ impl LocalReplica {
         own.shrink_to_fit();
         (own, subdirs)
     }
+}
+
+/// What the walk needs of one `lstat`, from `statx` relative to an open directory (the
+/// same values `std::fs::symlink_metadata` gives: see the test).
+struct StatLite {
+    kind: Option<Kind>,
+    mode: u32,
+    size: u64,
+    mtime: i64,
+    ctime: i64,
+    ino: u64,
+    dev: u64,
+}
+
+impl StatLite {
+    fn entry(&self, link: Option<String>) -> Entry {
+        let kind = self.kind.expect("a synced kind");
+        Entry {
+            kind,
+            size: if kind == Kind::Dir { 0 } else { self.size },
+            mtime: self.mtime,
+            mode: self.mode & 0o7777,
+            hash: None,
+            link,
+            stat: Some(StatId {
+                dev: self.dev,
+                ino: self.ino,
+                ctime: self.ctime,
+            }),
+        }
+    }
+}
+
+fn kind_of_mode(mode: u32) -> Option<Kind> {
+    use rustix::fs::FileType;
+    match FileType::from_raw_mode(mode as _) {
+        FileType::RegularFile => Some(Kind::File),
+        FileType::Directory => Some(Kind::Dir),
+        FileType::Symlink => Some(Kind::Symlink),
+        _ => None,
+    }
+}
+
+/// `lstat` of `name` in the open directory `dir`: `statx` asking only for what the walk
+/// uses; `fstatat` where the kernel has no `statx`.
+fn stat_at(dir: &impl std::os::fd::AsFd, name: &std::ffi::CStr) -> io::Result<StatLite> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    static NO_STATX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !NO_STATX.load(std::sync::atomic::Ordering::Relaxed) {
+        let want = StatxFlags::TYPE
+            | StatxFlags::MODE
+            | StatxFlags::INO
+            | StatxFlags::SIZE
+            | StatxFlags::MTIME
+            | StatxFlags::CTIME;
+        match rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, want) {
+            Ok(x) => {
+                let mode = u32::from(x.stx_mode);
+                return Ok(StatLite {
+                    kind: kind_of_mode(mode),
+                    mode,
+                    size: x.stx_size,
+                    mtime: x.stx_mtime.tv_sec * 1_000_000_000 + i64::from(x.stx_mtime.tv_nsec),
+                    ctime: x.stx_ctime.tv_sec * 1_000_000_000 + i64::from(x.stx_ctime.tv_nsec),
+                    ino: x.stx_ino,
+                    dev: rustix::fs::makedev(x.stx_dev_major, x.stx_dev_minor),
+                });
+            }
+            Err(e) if e == rustix::io::Errno::NOSYS => {
+                NO_STATX.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let mode = st.st_mode as u32;
+    Ok(StatLite {
+        kind: kind_of_mode(mode),
+        mode,
+        size: st.st_size as u64,
+        mtime: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+        ctime: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+        ino: st.st_ino as u64,
+        dev: st.st_dev as u64,
+    })
 }
 
 /// Whether a file created with `mode` gets exactly `mode`: plain permission bits that the
@@ -723,24 +834,22 @@ impl Replica for LocalReplica {
 
         // Fast check: merge-join with the sorted cache; what does not match is hashed.
         let mut todo = Vec::new();
-        let mut rows = cache.rows().peekable();
-        for (i, (p, e)) in entries.iter_mut().enumerate() {
-            if e.kind != Kind::File {
-                continue;
-            }
-            while rows.peek().is_some_and(|(cp, _)| *cp < p.as_str()) {
-                rows.next();
-            }
-            if !opts.checksum {
-                if let Some((_, c)) = rows.peek().filter(|(cp, _)| *cp == p.as_str()) {
-                    if c.size == e.size && c.mtime == e.mtime && Some(c.stat) == e.stat {
-                        e.hash = Some(c.hash);
-                        continue;
+        cache.with_cursor(|rows| {
+            for (i, (p, e)) in entries.iter_mut().enumerate() {
+                if e.kind != Kind::File {
+                    continue;
+                }
+                if !opts.checksum {
+                    if let Some(c) = rows.find(p.as_str()) {
+                        if c.size == e.size && c.mtime == e.mtime && Some(c.stat) == e.stat {
+                            e.hash = Some(c.hash);
+                            continue;
+                        }
                     }
                 }
+                todo.push(i);
             }
-            todo.push(i);
-        }
+        });
         timing.mark("  fast check");
         if opts.defer_hash && !opts.checksum {
             todo.clear();
@@ -1254,6 +1363,38 @@ impl Replica for LocalReplica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk's `statx` relative to the directory gives exactly what `lstat` gives (the
+    /// fast check and the pre-replace re-check compare the two).
+    #[test]
+    fn walk_stat_matches_lstat() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), b"12345").unwrap();
+        fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o751)).unwrap();
+        std::os::unix::fs::symlink("f", root.join("d/l")).unwrap();
+        fs::write(root.join("g"), b"").unwrap();
+        let rep = LocalReplica::new(root.to_path_buf(), "t".into());
+        let text = "[replicas]\na = \"/x\"\nb = \"/y\"\n";
+        let profile = crate::config::Profile::parse("t", text, "t.toml").unwrap();
+        let rules = Rules::compile(&profile).unwrap();
+        let scan = rep
+            .scan(&rules, &CacheBlob::default(), &ScanOptions::default())
+            .unwrap();
+        assert_eq!(scan.entries.len(), 4);
+        for (p, e) in &scan.entries {
+            let md = fs::symlink_metadata(root.join(p.as_str())).unwrap();
+            let link = md
+                .file_type()
+                .is_symlink()
+                .then(|| read_link_str(&root.join(p.as_str())).unwrap());
+            let mut want = entry_from_meta(&md, link).unwrap();
+            want.hash = e.hash;
+            assert_eq!(e, &want, "{p}");
+            assert_eq!(e.stat, want.stat, "{p}");
+        }
+    }
 
     /// The walk yields byte order of whole paths without a global sort, including the
     /// cases where a subtree does not follow its directory's own entry (`a` < `a.txt` <
