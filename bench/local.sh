@@ -379,6 +379,14 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
         verify noop "$t" "$rep"
     done
 
+    # 2b. the same no-op again: the steady state (unison's first no-op after a first sync
+    #     still rewrites its archive).
+    for t in "${order[@]}"; do
+        [ "$t" = cp ] && continue
+        timed noop2 "$t" "$rep"
+        verify noop "$t" "$rep"
+    done
+
     # 3. CHANGED files rewritten in the source (same change for every tool: each tool's
     #    replica of this repetition is at the old state), then each tool syncs again.
     python3 "$LIB" mutate "$SRC" "$SRC_F" --manifest "$MANIFEST" --count "$CHANGED" \

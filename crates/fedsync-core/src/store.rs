@@ -686,18 +686,21 @@ impl Store {
             deltas.push((path, e));
         }
         drop(rows);
-        let present = self
+        let present: Option<i64> = self
             .conn
             .query_row(
-                "SELECT 1 FROM base_snap WHERE pair = ?1",
+                "SELECT length(data) FROM base_snap WHERE pair = ?1",
                 [pair],
-                |_| Ok(()),
+                |r| r.get(0),
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        let Some(()) = present else {
+        let Some(len) = present else {
             return Ok(f(&mut merge_base(std::iter::empty(), deltas)));
         };
+        if let (true, Some(db)) = (len >= STREAM_CACHE_BYTES, &self.file) {
+            return self.with_base_decoded_aside(db, pair, deltas, f);
+        }
         let blob = self
             .conn
             .blob_open(
@@ -716,6 +719,63 @@ impl Store {
             return Err(corrupt("base snapshot"));
         }
         Ok(out)
+    }
+
+    /// [`Store::with_base`] for a large snapshot: decoded on a thread of its own (with a
+    /// read connection of its own) in batches, while `f` merges the rows it already has.
+    fn with_base_decoded_aside<T>(
+        &self,
+        db: &Path,
+        pair: i64,
+        deltas: Vec<(RelPath, Option<Entry>)>,
+        f: impl FnOnce(&mut dyn Iterator<Item = (RelPath, Entry)>) -> T,
+    ) -> Result<T> {
+        const BATCH: usize = 1024;
+        std::thread::scope(|sc| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(RelPath, Entry)>>(2);
+            let decoder = sc.spawn(move || -> rusqlite::Result<bool> {
+                let conn = Connection::open_with_flags(
+                    db,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(10))?;
+                let blob = conn.blob_open(
+                    rusqlite::DatabaseName::Main,
+                    "base_snap",
+                    "data",
+                    pair,
+                    true,
+                )?;
+                let mut rows = BaseRows::new(std::io::BufReader::with_capacity(256 << 10, blob));
+                loop {
+                    let batch: Vec<_> = rows.by_ref().take(BATCH).collect();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    if tx.send(batch).is_err() {
+                        // `f` stopped reading: the rest is still checked for damage.
+                        rows.by_ref().for_each(drop);
+                        break;
+                    }
+                }
+                Ok(rows.corrupt)
+            });
+            // If the decoder fails, `f` sees a short base; its result is then discarded.
+            let out = f(&mut merge_base(rx.into_iter().flatten(), deltas));
+            match decoder.join() {
+                Ok(Ok(false)) => Ok(out),
+                Ok(Ok(true)) => Err(StoreError::Corrupt(
+                    self.path.clone(),
+                    "base snapshot".to_string(),
+                )),
+                Ok(Err(e)) => Err(self.err(e)),
+                Err(_) => Err(StoreError::Corrupt(
+                    self.path.clone(),
+                    "base snapshot (decoder failed)".to_string(),
+                )),
+            }
+        })
     }
 
     /// Fold the per-path changes of a pair into a new snapshot (end of a run).
@@ -1390,7 +1450,8 @@ mod tests {
         };
         {
             let b = store.batch().unwrap();
-            for i in 0..3000u64 {
+            // Large enough to be decoded on a thread of its own.
+            for i in 0..20_000u64 {
                 b.set_base(pair, &RelPath::new(&format!("f{i:05}")).unwrap(), &file(i))
                     .unwrap();
             }
@@ -1407,8 +1468,13 @@ mod tests {
                 .unwrap();
             b.commit().unwrap();
         }
+        let len: i64 = store
+            .conn
+            .query_row("SELECT length(data) FROM base_snap", [], |r| r.get(0))
+            .unwrap();
+        assert!(len >= STREAM_CACHE_BYTES, "{len}");
         let rows = store.with_base(pair, |it| it.collect::<Vec<_>>()).unwrap();
-        assert_eq!(rows.len(), 3000);
+        assert_eq!(rows.len(), 20_000);
         assert_eq!(rows[0].0.as_str(), "f00000");
         assert_eq!(rows[1], (RelPath::new("f00002").unwrap(), file(77)));
         assert_eq!(rows.last().unwrap().0.as_str(), "g");
