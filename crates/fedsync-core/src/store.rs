@@ -367,16 +367,7 @@ impl CacheBlob {
         match &self.src {
             CacheSrc::Mem(b) => f(&mut CacheCursor::new(Box::new(b.as_slice()), &self.deltas)),
             CacheSrc::Db { db, rowid } => {
-                let opened = Connection::open_with_flags(
-                    db,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .and_then(|conn| {
-                    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-                    Ok(conn)
-                });
-                let conn = match opened {
+                let conn = match open_reader(db) {
                     Ok(c) => c,
                     Err(_) => return f(&mut CacheCursor::new(Box::new(&[][..]), &self.deltas)),
                 };
@@ -408,6 +399,18 @@ impl CacheBlob {
     pub fn delta_len(&self) -> usize {
         self.deltas.len()
     }
+}
+
+/// A read-only connection of a thread's own, for streaming one blob: a small page cache
+/// (the blob is read once, front to back).
+fn open_reader(db: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "cache_size", -256)?;
+    Ok(conn)
 }
 
 /// A forward-only reader of a scan cache: [`CacheCursor::find`] with paths in increasing
@@ -734,12 +737,7 @@ impl Store {
         std::thread::scope(|sc| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(RelPath, Entry)>>(2);
             let decoder = sc.spawn(move || -> rusqlite::Result<bool> {
-                let conn = Connection::open_with_flags(
-                    db,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                conn.busy_timeout(std::time::Duration::from_secs(10))?;
+                let conn = open_reader(db)?;
                 let blob = conn.blob_open(
                     rusqlite::DatabaseName::Main,
                     "base_snap",
