@@ -418,8 +418,11 @@ fn open_reader(db: &Path) -> rusqlite::Result<Connection> {
 pub struct CacheCursor<'a> {
     r: Box<dyn std::io::BufRead + 'a>,
     started: bool,
-    /// The snapshot row read last and not yet passed.
-    cur: Option<(String, Cached)>,
+    /// The snapshot row read last and not yet passed (`has`): its path and its record,
+    /// decoded only if asked for.
+    path: Vec<u8>,
+    rec: [u8; CACHED_LEN],
+    has: bool,
     done: bool,
     deltas: std::iter::Peekable<std::slice::Iter<'a, (String, Option<Cached>)>>,
 }
@@ -435,52 +438,55 @@ impl<'a> CacheCursor<'a> {
         CacheCursor {
             r,
             started: false,
-            cur: None,
+            path: Vec::new(),
+            rec: [0; CACHED_LEN],
+            has: false,
             done: false,
             deltas: deltas.iter().peekable(),
         }
     }
 
-    /// Read the next snapshot row into `cur` (the path buffer is reused). False at the end
-    /// or on a damaged blob (the rest then counts as absent).
+    /// Read the next snapshot row. False at the end or on a damaged blob (the rest then
+    /// counts as absent: those files are hashed again).
     fn advance(&mut self) -> bool {
         if self.done {
             return false;
         }
-        let ok = (|| -> Option<()> {
-            if !self.started {
-                self.started = true;
-                let mut magic = [0u8; 4];
-                self.r.read_exact(&mut magic).ok()?;
-                if &magic != b"FSC1" {
-                    return None;
+        self.has = self.read_row();
+        self.done = !self.has;
+        self.has
+    }
+
+    fn read_row(&mut self) -> bool {
+        if !self.started {
+            self.started = true;
+            let mut magic = [0u8; 4];
+            if self.r.read_exact(&mut magic).is_err() || &magic != b"FSC1" {
+                return false;
+            }
+        }
+        // Most rows lie whole in the reader's buffer: copied out of it in one go.
+        match self.r.fill_buf() {
+            Ok([]) | Err(_) => return false,
+            Ok(buf) if buf.len() >= 4 => {
+                let n = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+                if buf.len() >= 4 + n + CACHED_LEN {
+                    self.path.clear();
+                    self.path.extend_from_slice(&buf[4..4 + n]);
+                    self.rec.copy_from_slice(&buf[4 + n..4 + n + CACHED_LEN]);
+                    self.r.consume(4 + n + CACHED_LEN);
+                    return true;
                 }
             }
-            let mut n = [0u8; 4];
-            match self.r.read(&mut n[..1]) {
-                Ok(1) => self.r.read_exact(&mut n[1..]).ok()?,
-                _ => return None,
-            }
-            let mut bytes = self
-                .cur
-                .take()
-                .map(|(p, _)| p.into_bytes())
-                .unwrap_or_default();
-            bytes.clear();
-            bytes.resize(u32::from_le_bytes(n) as usize, 0);
-            self.r.read_exact(&mut bytes).ok()?;
-            let path = String::from_utf8(bytes).ok()?;
-            let mut rec = [0u8; CACHED_LEN];
-            self.r.read_exact(&mut rec).ok()?;
-            let c = decode_cached(&mut rec.as_slice())?;
-            self.cur = Some((path, c));
-            Some(())
-        })();
-        if ok.is_none() {
-            self.done = true;
-            self.cur = None;
+            Ok(_) => {}
         }
-        ok.is_some()
+        // A row across the buffer's end.
+        let mut n = [0u8; 4];
+        if self.r.read_exact(&mut n).is_err() {
+            return false;
+        }
+        self.path.resize(u32::from_le_bytes(n) as usize, 0);
+        self.r.read_exact(&mut self.path).is_ok() && self.r.read_exact(&mut self.rec).is_ok()
     }
 
     /// The cached row of `path`. Paths must be asked in increasing order: rows before
@@ -497,40 +503,49 @@ impl<'a> CacheCursor<'a> {
         if !self.started {
             self.advance();
         }
-        while self.cur.as_ref().is_some_and(|(p, _)| p.as_str() < path) {
+        let want = path.as_bytes();
+        while self.has && self.path.as_slice() < want {
             self.advance();
         }
         if let Some(d) = delta {
             return d;
         }
-        self.cur
-            .as_ref()
-            .filter(|(p, _)| p.as_str() == path)
-            .map(|(_, c)| c.clone())
+        if self.has && self.path == want {
+            decode_cached(&mut self.rec.as_slice())
+        } else {
+            None
+        }
     }
 
     /// The next row in path order (snapshot and changes merged), for whole-cache readers.
     pub fn next_row(&mut self) -> Option<(String, Cached)> {
+        if !self.started {
+            self.advance();
+        }
         loop {
-            if !self.started {
-                self.advance();
-            }
-            let take_delta = match (&self.cur, self.deltas.peek()) {
-                (None, None) => return None,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some((bp, _)), Some((dp, _))) => dp.as_str() <= bp.as_str(),
+            let take_delta = match (self.has, self.deltas.peek()) {
+                (false, None) => return None,
+                (true, None) => false,
+                (false, Some(_)) => true,
+                (true, Some((dp, _))) => dp.as_bytes() <= self.path.as_slice(),
             };
             if take_delta {
                 let (p, c) = self.deltas.next().expect("peeked");
-                if self.cur.as_ref().is_some_and(|(bp, _)| bp == p) {
+                if self.has && self.path == p.as_bytes() {
                     self.advance();
                 }
                 if let Some(c) = c {
                     return Some((p.clone(), c.clone()));
                 }
             } else {
-                let row = self.cur.clone();
+                let row = String::from_utf8(self.path.clone())
+                    .ok()
+                    .zip(decode_cached(&mut self.rec.as_slice()));
+                if row.is_none() {
+                    self.done = true;
+                    self.has = false;
+                    return None;
+                }
                 self.advance();
                 return row;
             }
