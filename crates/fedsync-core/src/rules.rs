@@ -243,6 +243,17 @@ impl Rules {
     }
 
     pub fn is_excluded(&self, path: &RelPath, is_dir: bool) -> bool {
+        self.excluded(path, is_dir, false)
+    }
+
+    /// [`Rules::is_excluded`] for a name a walk lists: its ancestors were descended into,
+    /// so none of them is ignored, and only the path itself is matched against `ignore`
+    /// (not every ancestor again, once per file).
+    pub fn is_excluded_in_walk(&self, path: &RelPath, is_dir: bool) -> bool {
+        self.excluded(path, is_dir, true)
+    }
+
+    fn excluded(&self, path: &RelPath, is_dir: bool, parents_checked: bool) -> bool {
         let s = path.as_str();
         if s.is_empty() {
             return false;
@@ -251,7 +262,12 @@ impl Rules {
             return true;
         }
         if let Some(ig) = &self.ignore {
-            if ig.matched_path_or_any_parents(s, is_dir).is_ignore() {
+            let m = if parents_checked {
+                ig.matched(s, is_dir)
+            } else {
+                ig.matched_path_or_any_parents(s, is_dir)
+            };
+            if m.is_ignore() {
                 return true;
             }
         }

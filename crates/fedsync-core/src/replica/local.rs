@@ -504,7 +504,7 @@ impl LocalReplica {
                 continue; // sockets, fifos, devices: not synced
             };
             let is_dir = kind == Kind::Dir;
-            if rules.is_excluded(&rel, is_dir) {
+            if rules.is_excluded_in_walk(&rel, is_dir) {
                 if is_dir && rules.should_descend(&rel) {
                     subdirs.push(rel);
                 }
@@ -1363,6 +1363,54 @@ impl Replica for LocalReplica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk matches each listed name alone against `ignore` (its ancestors were
+    /// descended into, so none is ignored): the same result as matching every ancestor,
+    /// including a negation below an ignored directory, which cannot re-include.
+    #[test]
+    fn walk_ignores_as_gitignore_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let files = [
+            "build/keep.txt",
+            "build/x.o",
+            "a.log",
+            "important.log",
+            "src/b.log",
+            "src/important.log",
+            "src/c.rs",
+            "build2/keep.txt",
+            "src/build/deep/f",
+        ];
+        for f in files {
+            let p = root.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, f).unwrap();
+        }
+        let rep = LocalReplica::new(root.to_path_buf(), "t".into());
+        let text = "ignore = [\"build/\", \"!build/keep.txt\", \"*.log\", \"!important.log\"]\n\
+                    [replicas]\na = \"/x\"\nb = \"/y\"\n";
+        let profile = crate::config::Profile::parse("t", text, "t.toml").unwrap();
+        let rules = Rules::compile(&profile).unwrap();
+        let scan = rep
+            .scan(&rules, &CacheBlob::default(), &ScanOptions::default())
+            .unwrap();
+        let got: Vec<&str> = scan.entries.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "build2",
+                "build2/keep.txt",
+                "important.log",
+                "src",
+                "src/c.rs",
+                "src/important.log"
+            ]
+        );
+        for (p, e) in &scan.entries {
+            assert!(!rules.is_excluded(p, e.is_dir()), "{p}");
+        }
+    }
 
     /// The walk's `statx` relative to the directory gives exactly what `lstat` gives (the
     /// fast check and the pre-replace re-check compare the two).
