@@ -1494,23 +1494,8 @@ fn tally(report: &mut PairReport, items: &[Item]) {
     }
 }
 
-/// A staged batch's flush: done, or running in the background (see `phase_copies`).
-enum Flushing<'s> {
-    Done(Option<String>),
-    Background(std::thread::ScopedJoinHandle<'s, Option<String>>),
-}
-
-impl Flushing<'_> {
-    /// The flush's error, once it is over.
-    fn wait(self) -> Option<String> {
-        match self {
-            Flushing::Done(e) => e,
-            Flushing::Background(h) => h
-                .join()
-                .unwrap_or_else(|_| Some("flushing the staged files panicked".into())),
-        }
-    }
-}
+/// What installing one staged item gave: the new entry and the version kept.
+type Installed = Result<(Entry, VersionPath), ReplicaError>;
 
 /// Stage a batch in parallel: temporary files on the targets' filesystems, hash-verified.
 fn stage_batch(reps: [&dyn Replica; 2], batch: &[CopyJob]) -> Vec<Result<Staged, ReplicaError>> {
@@ -1638,20 +1623,28 @@ impl Applier<'_, '_> {
                     )?;
                 }
             }
+            // The detail of each entry: its target, one of three (built once, not per item).
+            let detail = |t: &str| serde_json::json!({ "target": t }).to_string();
+            let details = [
+                detail(self.pctx.name(Side::A)),
+                detail(self.pctx.name(Side::B)),
+                detail(""),
+            ];
             for (i, it) in items.iter().enumerate() {
                 if !it.decision.action.changes_something() {
                     continue;
                 }
-                let target = target_side(&it.decision.action)
-                    .map(|s| self.pctx.name(s).to_string())
-                    .unwrap_or_default();
+                let detail = match target_side(&it.decision.action) {
+                    Some(s) => &details[s.idx()],
+                    None => &details[2],
+                };
                 b.journal(
                     self.eng.run,
                     self.eng.seq_base + i,
                     self.pair_name,
                     &it.path,
                     it.decision.action.name(),
-                    &serde_json::json!({"target": target}).to_string(),
+                    detail,
                 )?;
             }
             b.commit()?;
@@ -1985,17 +1978,22 @@ impl Applier<'_, '_> {
                 .iter()
                 .map(|it| (&it.path, it.side(side)))
                 .chain(self.unchanged.iter().map(|u| (u.path, Some(u.side(side)))));
+            let mut matched = 0;
             for (path, e) in all {
                 let row = match over.get(path) {
-                    Some(r) => r.clone().filter(|c| c.mtime < limit),
+                    Some(r) => {
+                        matched += 1;
+                        r.clone().filter(|c| c.mtime < limit)
+                    }
                     None => e.and_then(row_of),
                 };
                 if let Some(c) = row {
                     rows.push((path.clone(), c));
                 }
             }
-            // Paths written under another name (keep-both asides) are not items.
-            for (p, r) in over {
+            // Paths written under another name (keep-both asides) are not items (when there
+            // are some: a search per written path is not free on a first sync).
+            for (p, r) in over.iter().filter(|_| matched < over.len()) {
                 if let Some(c) = r.as_ref().filter(|c| c.mtime < limit) {
                     if self.items.binary_search_by(|it| it.path.cmp(p)).is_err()
                         && reconcile::find_unchanged(self.unchanged, p).is_none()
@@ -2300,7 +2298,7 @@ impl Applier<'_, '_> {
         let jobs = &jobs[..];
         std::thread::scope(|sc| -> Result<(), EngineError> {
             let mut start = 0;
-            let mut pending: Option<(usize, usize, Vec<_>, Flushing<'_>)> = None;
+            let mut pending = None;
             loop {
                 let t = Instant::now();
                 let mut next = None;
@@ -2320,31 +2318,31 @@ impl Applier<'_, '_> {
                     start = end;
                 }
                 spent[0] += t.elapsed();
-                let t = Instant::now();
-                let done = pending.take().map(|(s, e, st, f)| (s, e, st, f.wait()));
-                let next = next.map(|(s, e, st)| {
-                    let f = if pipelined {
-                        Flushing::Background(sc.spawn(move || flush(&jobs[s..e])))
-                    } else {
-                        Flushing::Done(flush(&jobs[s..e]))
-                    };
-                    (s, e, st, f)
-                });
-                spent[1] += t.elapsed();
-                let now = match (pipelined, next) {
-                    (true, next) => {
-                        pending = next;
-                        done
-                    }
-                    (false, next) => next.map(|(s, e, st, f)| (s, e, st, f.wait())),
-                };
-                let Some((s, e, staged, flush_err)) = now else {
-                    if pending.is_none() {
-                        break;
-                    }
+                if next.is_none() && pending.is_none() {
+                    break;
+                }
+                if !pipelined {
+                    let (s, e, staged) = next.expect("a batch (nothing pending)");
+                    let t = Instant::now();
+                    let err = flush(&jobs[s..e]);
+                    spent[1] += t.elapsed();
+                    self.install_batch(&jobs[s..e], staged, err, &mut spent)?;
                     continue;
-                };
-                self.install_batch(&jobs[s..e], staged, flush_err, &mut spent)?;
+                }
+                let t = Instant::now();
+                let done = pending.take().map(
+                    |(s, e, st, h): (_, _, _, std::thread::ScopedJoinHandle<'_, _>)| {
+                        let err = h
+                            .join()
+                            .unwrap_or_else(|_| Some("flushing the staged files panicked".into()));
+                        (s, e, st, err)
+                    },
+                );
+                pending = next.map(|(s, e, st)| (s, e, st, sc.spawn(move || flush(&jobs[s..e]))));
+                spent[1] += t.elapsed();
+                if let Some((s, e, staged, err)) = done {
+                    self.install_batch(&jobs[s..e], staged, err, &mut spent)?;
+                }
             }
             Ok(())
         })?;
@@ -2450,10 +2448,10 @@ impl Applier<'_, '_> {
         batch: &[CopyJob],
         staged: &mut [Option<Result<Staged, ReplicaError>>],
         flushed: bool,
-    ) -> Vec<Option<Result<(Entry, VersionPath), ReplicaError>>> {
-        let mut out: Vec<Option<Result<(Entry, VersionPath), ReplicaError>>> =
-            (0..batch.len()).map(|_| None).collect();
-        if !flushed {
+    ) -> Vec<Option<Installed>> {
+        let mut out: Vec<Option<Installed>> = (0..batch.len()).map(|_| None).collect();
+        // (In order when crash points are counted: see `faults::armed`.)
+        if !flushed || crate::faults::armed() {
             return out;
         }
         let local = |s: Side| {
@@ -2462,7 +2460,7 @@ impl Applier<'_, '_> {
         };
         let lone = |k: usize| {
             let i = batch[k].idx;
-            (k == 0 || batch[k - 1].idx != i) && batch.get(k + 1).map_or(true, |n| n.idx != i)
+            (k == 0 || batch[k - 1].idx != i) && !matches!(batch.get(k + 1), Some(n) if n.idx == i)
         };
         let mut work = Vec::new();
         for (k, j) in batch.iter().enumerate() {
@@ -2478,7 +2476,7 @@ impl Applier<'_, '_> {
         }
         let reps = self.reps;
         let run = self.eng.run;
-        let done: Vec<(usize, Result<(Entry, VersionPath), ReplicaError>)> = work
+        let done: Vec<(usize, Installed)> = work
             .into_par_iter()
             .map(|(k, st)| {
                 let j = &batch[k];

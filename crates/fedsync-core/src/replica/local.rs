@@ -1517,6 +1517,115 @@ impl Replica for LocalReplica {
 mod tests {
     use super::*;
 
+    fn two(dir: &Path) -> (LocalReplica, LocalReplica) {
+        for d in ["src/d", "dst/d"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        (
+            LocalReplica::new(dir.join("src"), "src".into()),
+            LocalReplica::new(dir.join("dst"), "dst".into()),
+        )
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// A new file is staged as an unnamed inode (nothing visible anywhere until it is
+    /// installed) and named in place with the stat it ends with: the entry recorded is the
+    /// one the next scan sees (same inode and ctime, so it is not hashed again).
+    #[test]
+    fn a_new_file_is_staged_unnamed_and_named_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = two(dir.path());
+        let p = RelPath::new("d/f.txt").unwrap();
+        let big = RelPath::new("d/big.bin").unwrap();
+        fs::write(dir.path().join("src/d/f.txt"), "new content\n").unwrap();
+        let data: Vec<u8> = (0..SMALL_FILE as usize * 3)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        fs::write(dir.path().join("src/d/big.bin"), &data).unwrap();
+        fs::set_permissions(
+            dir.path().join("src/d/f.txt"),
+            fs::Permissions::from_mode(0o751),
+        )
+        .unwrap();
+        for q in [&p, &big] {
+            let meta = src.entry(q, true).unwrap().unwrap();
+            let st = dst.stage_new_file(&src, q, &meta).unwrap();
+            if !dst.unnamed_supported() {
+                eprintln!("no O_TMPFILE here: staged by name");
+                return;
+            }
+            assert!(dst.unnamed.lock().unwrap().contains_key(&st.token));
+            assert_eq!(st.hash, meta.hash);
+            assert!(!dst.abs(q).exists(), "visible before install");
+            assert!(names(&dst.tmp_dir()).is_empty());
+            let (e, v) = dst.install(st, q, None, "run").unwrap();
+            assert_eq!(v, None);
+            let now = dst.lstat(q).unwrap().unwrap();
+            assert_eq!(e.stat, now.stat, "recorded stat is not the final one");
+            assert_eq!(
+                (e.mtime, e.mode, e.size),
+                (meta.mtime, meta.mode, meta.size)
+            );
+            assert_eq!(e.hash, meta.hash);
+        }
+        assert_eq!(fs::read(dst.abs(&big)).unwrap(), data);
+        assert_eq!(fs::read_to_string(dst.abs(&p)).unwrap(), "new content\n");
+        assert!(dst.unnamed.lock().unwrap().is_empty());
+        assert!(names(&dst.tmp_dir()).is_empty());
+
+        // Discarded: nothing left anywhere.
+        let q = RelPath::new("d/g.txt").unwrap();
+        fs::write(src.abs(&q), "g").unwrap();
+        let meta = src.entry(&q, true).unwrap().unwrap();
+        let st = dst.stage_new_file(&src, &q, &meta).unwrap();
+        dst.discard(st);
+        assert!(dst.unnamed.lock().unwrap().is_empty());
+        assert_eq!(
+            names(&dst.abs(&RelPath::new("d").unwrap())),
+            ["big.bin", "f.txt"]
+        );
+        assert!(names(&dst.tmp_dir()).is_empty());
+    }
+
+    /// SPEC invariant 4: a file that appeared at the name after the scan is never replaced
+    /// by the new one (the link refuses an existing name); with the entry it now has, the
+    /// usual replace keeps it as a version.
+    #[test]
+    fn an_unnamed_file_never_replaces_one_that_appeared_since_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = two(dir.path());
+        let p = RelPath::new("d/f.txt").unwrap();
+        fs::write(src.abs(&p), "ours\n").unwrap();
+        let meta = src.entry(&p, true).unwrap().unwrap();
+        let st = dst.stage_new_file(&src, &p, &meta).unwrap();
+        fs::write(dst.abs(&p), "theirs\n").unwrap();
+        let r = dst.install(st, &p, None, "run");
+        assert!(matches!(r, Err(ReplicaError::Changed(_))), "{r:?}");
+        assert_eq!(fs::read_to_string(dst.abs(&p)).unwrap(), "theirs\n");
+        assert!(dst.unnamed.lock().unwrap().is_empty());
+        assert!(names(&dst.tmp_dir()).is_empty());
+
+        // Staged as new, installed over what is there now (re-checked): the old one is kept.
+        let st = dst.stage_new_file(&src, &p, &meta).unwrap();
+        let cur = dst.lstat(&p).unwrap().unwrap();
+        let (e, v) = dst.install(st, &p, Some(&cur), "run").unwrap();
+        assert_eq!(fs::read_to_string(dst.abs(&p)).unwrap(), "ours\n");
+        let v = v.expect("a version kept");
+        assert_eq!(fs::read_to_string(dst.root.join(&v)).unwrap(), "theirs\n");
+        assert_eq!(e.stat, dst.lstat(&p).unwrap().unwrap().stat);
+        assert!(names(&dst.tmp_dir()).is_empty());
+    }
+
     /// The walk yields byte order of whole paths without a global sort, including the
     /// cases where a subtree does not follow its directory's own entry (`a` < `a.txt` <
     /// `a/x`) and names sorting around '/'.
