@@ -425,8 +425,9 @@ impl LocalReplica {
     }
 
     /// Whether new files can be staged unnamed here: `O_TMPFILE` works on this filesystem
-    /// and such a file can be linked through `/proc/self/fd` (probed once, in the temporary
-    /// folder, leaving nothing behind).
+    /// and such a file can be given a name ([`link_fd`]); probed once, in the temporary
+    /// folder, leaving nothing behind. (A folder of the tree on another filesystem without
+    /// `O_TMPFILE` has its files staged by name, one by one.)
     fn unnamed_supported(&self) -> bool {
         *self.unnamed_ok.get_or_init(|| {
             let Ok((_, probe)) = self.tmp_path() else {
