@@ -10,7 +10,7 @@ use crate::path::RelPath;
 use crate::reconcile::{self, Action, InputRef, Item, PairCtx, Side};
 use crate::replica::local::LocalReplica;
 use crate::replica::Scan;
-use crate::replica::{Probe, Replica, ReplicaError, ScanOptions, Staged};
+use crate::replica::{Probe, Replica, ReplicaError, ScanOptions, Staged, VersionPath};
 use crate::rules::Rules;
 use crate::store::{Cached, Store, StoreError};
 use crate::Home;
@@ -1507,6 +1507,26 @@ fn tally(report: &mut PairReport, items: &[Item]) {
     }
 }
 
+/// What installing one staged item gave: the new entry and the version kept.
+type Installed = Result<(Entry, VersionPath), ReplicaError>;
+
+/// Stage a batch in parallel: temporary files on the targets' filesystems, hash-verified.
+fn stage_batch(reps: [&dyn Replica; 2], batch: &[CopyJob]) -> Vec<Result<Staged, ReplicaError>> {
+    batch
+        .par_iter()
+        .map(|j| {
+            let tgt = reps[j.from.other().idx()];
+            let src = reps[j.from.idx()];
+            match j.meta.kind {
+                Kind::Symlink => tgt.stage_symlink(j.meta.link.as_deref().unwrap_or("")),
+                _ if j.sqlite => stage_sqlite(src, tgt, &j.src, &j.meta),
+                _ if j.expect.is_none() => tgt.stage_new_file(src, &j.src, &j.meta),
+                _ => tgt.stage_file(src, &j.src, &j.meta),
+            }
+        })
+        .collect()
+}
+
 /// Executes one pair's decisions in phases.
 struct Applier<'e, 'a> {
     eng: &'e mut Engine<'a>,
@@ -1571,6 +1591,7 @@ impl Applier<'_, '_> {
 
     fn run(&mut self) -> Result<(), EngineError> {
         let items = self.items;
+        let timing = Timing::new();
         // Journal first: the intent of every change is durable before the first one.
         {
             // Open conflicts this run does not look at (outside `--paths`) stay open; merges
@@ -1615,25 +1636,34 @@ impl Applier<'_, '_> {
                     )?;
                 }
             }
+            // The detail of each entry: its target, one of three (built once, not per item).
+            let detail = |t: &str| serde_json::json!({ "target": t }).to_string();
+            let details = [
+                detail(self.pctx.name(Side::A)),
+                detail(self.pctx.name(Side::B)),
+                detail(""),
+            ];
             for (i, it) in items.iter().enumerate() {
                 if !it.decision.action.changes_something() {
                     continue;
                 }
-                let target = target_side(&it.decision.action)
-                    .map(|s| self.pctx.name(s).to_string())
-                    .unwrap_or_default();
+                let detail = match target_side(&it.decision.action) {
+                    Some(s) => &details[s.idx()],
+                    None => &details[2],
+                };
                 b.journal(
                     self.eng.run,
                     self.eng.seq_base + i,
                     self.pair_name,
                     &it.path,
                     it.decision.action.name(),
-                    &serde_json::json!({"target": target}).to_string(),
+                    detail,
                 )?;
             }
             b.commit()?;
             crate::faults::point("journal written");
         }
+        timing.mark("  journal");
         let total_bytes: u64 = items
             .iter()
             .filter(|it| {
@@ -1696,7 +1726,11 @@ impl Applier<'_, '_> {
                 2 => self.phase_moves(),
                 3 => self.phase_deletes(false),
                 4 => self.phase_deletes(true),
-                5 => self.phase_copies()?,
+                5 => {
+                    timing.mark("  other phases");
+                    self.phase_copies()?;
+                    timing.mark("  copies");
+                }
                 6 => self.phase_merged(),
                 _ => self.phase_modes(),
             }
@@ -1720,7 +1754,9 @@ impl Applier<'_, '_> {
                 let _ = r.flush();
             }
         }
+        timing.mark("  final flush");
         self.commit_ops()?;
+        timing.mark("  commit");
         if self.eng.opts.atomic {
             self.note_base_before();
         }
@@ -1915,6 +1951,7 @@ impl Applier<'_, '_> {
         deltas: [usize; 2],
         started: i64,
     ) -> Result<(), EngineError> {
+        let timing = Timing::new();
         let limit = started - crate::replica::local::RACY_NS;
         let row_of = |e: &Entry| Cached::of(e, limit);
         for side in [Side::A, Side::B] {
@@ -1954,17 +1991,22 @@ impl Applier<'_, '_> {
                 .iter()
                 .map(|it| (&it.path, it.side(side)))
                 .chain(self.unchanged.iter().map(|u| (u.path, Some(u.side(side)))));
+            let mut matched = 0;
             for (path, e) in all {
                 let row = match over.get(path) {
-                    Some(r) => r.clone().filter(|c| c.mtime < limit),
+                    Some(r) => {
+                        matched += 1;
+                        r.clone().filter(|c| c.mtime < limit)
+                    }
                     None => e.and_then(row_of),
                 };
                 if let Some(c) = row {
                     rows.push((path.clone(), c));
                 }
             }
-            // Paths written under another name (keep-both asides) are not items.
-            for (p, r) in over {
+            // Paths written under another name (keep-both asides) are not items (when there
+            // are some: a search per written path is not free on a first sync).
+            for (p, r) in over.iter().filter(|_| matched < over.len()) {
                 if let Some(c) = r.as_ref().filter(|c| c.mtime < limit) {
                     if self.items.binary_search_by(|it| it.path.cmp(p)).is_err()
                         && reconcile::find_unchanged(self.unchanged, p).is_none()
@@ -1974,7 +2016,9 @@ impl Applier<'_, '_> {
                 }
             }
             rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            timing.mark("  cache rows");
             self.eng.store.save_cache(&self.ids[side.idx()], &rows)?;
+            timing.mark("  cache saved");
         }
         Ok(())
     }
@@ -2239,105 +2283,224 @@ impl Applier<'_, '_> {
         } else {
             jobs
         };
-        let mut start = 0;
-        while start < jobs.len() {
-            if self.eng.opts.cancelled() {
-                break;
-            }
-            let mut end = start;
-            let mut bytes = 0;
-            while end < jobs.len()
-                && end - start < BATCH_FILES
-                && (bytes < BATCH_BYTES || end == start)
-            {
-                bytes += jobs[end].meta.size;
-                end += 1;
-            }
-            let batch = &jobs[start..end];
-            let reps = self.reps;
-            // Stage in parallel: temp file on the target's filesystem, hash-verified.
-            let staged: Vec<Result<Staged, ReplicaError>> = batch
-                .par_iter()
-                .map(|j| {
-                    let tgt = reps[j.from.other().idx()];
-                    match j.meta.kind {
-                        Kind::Symlink => tgt.stage_symlink(j.meta.link.as_deref().unwrap_or("")),
-                        _ if j.sqlite => stage_sqlite(reps[j.from.idx()], tgt, &j.src, &j.meta),
-                        _ => tgt.stage_file(reps[j.from.idx()], &j.src, &j.meta),
-                    }
-                })
-                .collect();
-            crate::faults::point("batch staged");
-            // Durable before any rename exposes it (SPEC invariant 2).
-            let mut flush_err = None;
+        // Between local folders, one batch is made durable (syncfs, waiting on the disk) in
+        // the background while the next one is staged (busy on the CPUs); each batch is
+        // still installed only once its own flush is done (SPEC invariant 2). With a remote
+        // replica, one batch at a time (its agent does the flushing).
+        let pipelined = self.reps.iter().all(|r| r.as_remote().is_none());
+        // A batch's new files may each hold a descriptor until installed (unnamed staging):
+        // no more of them in flight than the process can spare.
+        let in_flight = if pipelined { 2 } else { 1 };
+        let budget = crate::replica::local::staging_fd_budget() / in_flight;
+        let batch_files = BATCH_FILES.min(budget.max(64));
+        let reps = self.reps;
+        // Durable before any rename exposes it: flush each target of the batch.
+        let flush = move |batch: &[CopyJob]| -> Option<String> {
+            let mut err = None;
             for s in [Side::A, Side::B] {
                 if batch.iter().any(|j| j.from.other() == s) {
-                    if let Err(e) = self.rep(s).flush() {
-                        flush_err = Some(e.to_string());
+                    if let Err(e) = reps[s.idx()].flush() {
+                        err = Some(e.to_string());
                     }
                 }
             }
-            for (j, st) in batch.iter().zip(staged) {
-                let to = j.from.other();
-                let r = match st {
-                    Ok(st) if flush_err.is_none() && !self.failed_before(j.idx) => self
-                        .rep(to)
-                        .install(st, &j.dst, j.expect.as_ref(), self.eng.run),
-                    Ok(st) => {
-                        self.rep(to).discard(st);
-                        match &flush_err {
-                            Some(m) => Err(ReplicaError::Io {
-                                path: j.dst.to_string(),
-                                source: std::io::Error::other(m.clone()),
-                            }),
-                            None => continue,
-                        }
+            err
+        };
+        // Time in each step (stage, flush wait, install, record), shown with `FEDSYNC_TIMING`.
+        let mut spent = [std::time::Duration::ZERO; 4];
+        let jobs = &jobs[..];
+        std::thread::scope(|sc| -> Result<(), EngineError> {
+            let mut start = 0;
+            let mut pending = None;
+            loop {
+                let t = Instant::now();
+                let mut next = None;
+                if start < jobs.len() && !self.eng.opts.cancelled() {
+                    let mut end = start;
+                    let mut bytes = 0;
+                    while end < jobs.len()
+                        && end - start < batch_files
+                        && (bytes < BATCH_BYTES || end == start)
+                    {
+                        bytes += jobs[end].meta.size;
+                        end += 1;
                     }
-                    Err(e) => Err(e),
-                };
-                let step = Step {
-                    path: &j.dst,
-                    before: j.expect.as_ref(),
-                    from: None,
-                    appended_from: None,
-                };
-                let ok = self.finish_step(
-                    j.idx,
-                    to,
-                    step,
-                    r.as_ref()
-                        .map(|(e, v)| (Some(e.clone()), v.clone()))
-                        .map_err(clone_err),
+                    let staged = stage_batch(reps, &jobs[start..end]);
+                    crate::faults::point("batch staged");
+                    next = Some((start, end, staged));
+                    start = end;
+                }
+                spent[0] += t.elapsed();
+                if next.is_none() && pending.is_none() {
+                    break;
+                }
+                if !pipelined {
+                    let (s, e, staged) = next.expect("a batch (nothing pending)");
+                    let t = Instant::now();
+                    let err = flush(&jobs[s..e]);
+                    spent[1] += t.elapsed();
+                    self.install_batch(&jobs[s..e], staged, err, &mut spent)?;
+                    continue;
+                }
+                let t = Instant::now();
+                let done = pending.take().map(
+                    |(s, e, st, h): (_, _, _, std::thread::ScopedJoinHandle<'_, _>)| {
+                        let err = h
+                            .join()
+                            .unwrap_or_else(|_| Some("flushing the staged files panicked".into()));
+                        (s, e, st, err)
+                    },
                 );
-                if ok {
-                    let (e, _) = r.expect("ok");
-                    self.bytes[j.idx] += j.meta.size;
-                    // A database snapshot holds the source's data in other bytes: its hash
-                    // stands for the source's from now on, so neither side looks changed.
-                    if let (true, Some(alias), Some(h)) = (j.sqlite, e.hash, j.meta.hash) {
-                        if alias != h {
-                            self.ops
-                                .push(StateOp::Alias(j.dst.clone(), alias, h, j.meta.size));
-                        }
-                    }
-                    // A deferred hash (first sync) is the one of the bytes just copied; the
-                    // source's cache row gets it too (with the scanned stat, so a source
-                    // that changed meanwhile is hashed again next run).
-                    let mut meta = j.meta.clone();
-                    if meta.hash.is_none() && meta.is_file() {
-                        meta.hash = e.hash;
-                        self.cache_written(j.from, &j.src, &meta);
-                    }
-                    self.ops
-                        .push(StateOp::SetBase(j.base_path.clone(), base_of(&meta)));
-                    self.cache_written(to, &j.dst, &e);
+                pending = next.map(|(s, e, st)| (s, e, st, sc.spawn(move || flush(&jobs[s..e]))));
+                spent[1] += t.elapsed();
+                if let Some((s, e, staged, err)) = done {
+                    self.install_batch(&jobs[s..e], staged, err, &mut spent)?;
                 }
-                self.eng.progress.advance(j.meta.size);
             }
-            self.maybe_commit()?;
-            start = end;
+            Ok(())
+        })?;
+        if Timing::new().0.is_some() {
+            let ms = |k: usize| spent[k].as_secs_f64() * 1e3;
+            eprintln!(
+                "timing:   copies: stage {:.1} ms, flush wait {:.1} ms, install {:.1} ms, record {:.1} ms",
+                ms(0),
+                ms(1),
+                ms(2),
+                ms(3)
+            );
         }
         Ok(())
+    }
+
+    /// Install one staged batch whose flush is done (`flush_err`: it failed, nothing is
+    /// installed) and record each result, in job order.
+    fn install_batch(
+        &mut self,
+        batch: &[CopyJob],
+        staged: Vec<Result<Staged, ReplicaError>>,
+        flush_err: Option<String>,
+        spent: &mut [std::time::Duration; 4],
+    ) -> Result<(), EngineError> {
+        let t = Instant::now();
+        let mut staged: Vec<Option<Result<Staged, ReplicaError>>> =
+            staged.into_iter().map(Some).collect();
+        let installed = self.install_parallel(batch, &mut staged, flush_err.is_none());
+        spent[2] += t.elapsed();
+        let t = Instant::now();
+        for (k, (j, r)) in batch.iter().zip(installed).enumerate() {
+            let to = j.from.other();
+            let r = match (r, staged[k].take()) {
+                (Some(r), _) => r,
+                (None, Some(Ok(st))) if flush_err.is_none() && !self.failed_before(j.idx) => self
+                    .rep(to)
+                    .install(st, &j.dst, j.expect.as_ref(), self.eng.run),
+                (None, Some(Ok(st))) => {
+                    self.rep(to).discard(st);
+                    match &flush_err {
+                        Some(m) => Err(ReplicaError::Io {
+                            path: j.dst.to_string(),
+                            source: std::io::Error::other(m.clone()),
+                        }),
+                        None => continue,
+                    }
+                }
+                (None, Some(Err(e))) => Err(e),
+                (None, None) => unreachable!("a staged item is installed once"),
+            };
+            let step = Step {
+                path: &j.dst,
+                before: j.expect.as_ref(),
+                from: None,
+                appended_from: None,
+            };
+            let ok = self.finish_step(
+                j.idx,
+                to,
+                step,
+                r.as_ref()
+                    .map(|(e, v)| (Some(e.clone()), v.clone()))
+                    .map_err(clone_err),
+            );
+            if ok {
+                let (e, _) = r.expect("ok");
+                self.bytes[j.idx] += j.meta.size;
+                // A database snapshot holds the source's data in other bytes: its hash
+                // stands for the source's from now on, so neither side looks changed.
+                if let (true, Some(alias), Some(h)) = (j.sqlite, e.hash, j.meta.hash) {
+                    if alias != h {
+                        self.ops
+                            .push(StateOp::Alias(j.dst.clone(), alias, h, j.meta.size));
+                    }
+                }
+                // A deferred hash (first sync) is the one of the bytes just copied; the
+                // source's cache row gets it too (with the scanned stat, so a source
+                // that changed meanwhile is hashed again next run).
+                let mut meta = j.meta.clone();
+                if meta.hash.is_none() && meta.is_file() {
+                    meta.hash = e.hash;
+                    self.cache_written(j.from, &j.src, &meta);
+                }
+                self.ops
+                    .push(StateOp::SetBase(j.base_path.clone(), base_of(&meta)));
+                self.cache_written(to, &j.dst, &e);
+            }
+            self.eng.progress.advance(j.meta.size);
+        }
+        self.maybe_commit()?;
+        spent[3] += t.elapsed();
+        Ok(())
+    }
+
+    /// Install a batch's staged items in parallel where that cannot change what happens: on
+    /// local targets (independent names, mostly in different directories), for items with
+    /// only this one job in the batch (a keep-both's second copy waits for the first's
+    /// outcome) and not failed before. Returns each job's result, `None` for the jobs left to
+    /// the caller (installed one by one, in order); results are recorded in item order.
+    fn install_parallel(
+        &self,
+        batch: &[CopyJob],
+        staged: &mut [Option<Result<Staged, ReplicaError>>],
+        flushed: bool,
+    ) -> Vec<Option<Installed>> {
+        let mut out: Vec<Option<Installed>> = (0..batch.len()).map(|_| None).collect();
+        // (In order when crash points are counted: see `faults::armed`.)
+        if !flushed || crate::faults::armed() {
+            return out;
+        }
+        let local = |s: Side| {
+            let r = self.rep(s);
+            r.as_remote().is_none() && r.local_root().is_some()
+        };
+        let lone = |k: usize| {
+            let i = batch[k].idx;
+            (k == 0 || batch[k - 1].idx != i) && !matches!(batch.get(k + 1), Some(n) if n.idx == i)
+        };
+        let mut work = Vec::new();
+        for (k, j) in batch.iter().enumerate() {
+            if lone(k)
+                && local(j.from.other())
+                && !self.failed_before(j.idx)
+                && matches!(staged[k], Some(Ok(_)))
+            {
+                if let Some(Ok(st)) = staged[k].take() {
+                    work.push((k, st));
+                }
+            }
+        }
+        let reps = self.reps;
+        let run = self.eng.run;
+        let done: Vec<(usize, Installed)> = work
+            .into_par_iter()
+            .map(|(k, st)| {
+                let j = &batch[k];
+                let r = reps[j.from.other().idx()].install(st, &j.dst, j.expect.as_ref(), run);
+                (k, r)
+            })
+            .collect();
+        for (k, r) in done {
+            out[k] = Some(r);
+        }
+        out
     }
 
     /// Write merged contents to both sides (each re-checked against its scan first).

@@ -31,6 +31,14 @@ pub fn point(what: &str) {
     }
 }
 
+/// Whether crash points are counted for a test (`FEDSYNC_CRASH_AT` or
+/// `FEDSYNC_CRASH_COUNT`): the engine then does in order what it otherwise does in parallel
+/// where crash points are passed, so that the N-th point falls on the same step every run.
+pub fn armed() -> bool {
+    static ARMED: OnceLock<bool> = OnceLock::new();
+    *ARMED.get_or_init(|| limit() != 0 || std::env::var_os("FEDSYNC_CRASH_COUNT").is_some())
+}
+
 /// How many crash points this process passed.
 pub fn reached() -> u64 {
     COUNT.load(Ordering::Relaxed)

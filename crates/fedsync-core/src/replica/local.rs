@@ -10,12 +10,14 @@ use crate::path::RelPath;
 use crate::rules::Rules;
 use crate::store::CacheBlob;
 use rayon::prelude::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Files up to this size are copied through memory (one read, hash, one write).
@@ -38,6 +40,81 @@ pub struct LocalReplica {
     safe_dirs: Mutex<HashSet<String>>,
     /// The temporary folder is known to exist.
     tmp_ready: std::sync::atomic::AtomicBool,
+    /// New files staged as unnamed inodes in their own directory, by token (see
+    /// [`LocalReplica::stage_unnamed`]).
+    unnamed: Mutex<HashMap<String, Held>>,
+    /// Whether this filesystem can stage unnamed files (`O_TMPFILE` + `linkat`): probed once.
+    unnamed_ok: OnceLock<bool>,
+}
+
+/// Staged files holding a descriptor open, in this process (all replicas).
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// An open unnamed staged file, counted in [`HELD`] while it lives.
+#[derive(Debug)]
+struct Held(File);
+
+impl Held {
+    /// Take one descriptor slot of [`staging_fd_budget`]; `None` when all are in use.
+    fn reserve() -> Option<HeldSlot> {
+        let budget = staging_fd_budget();
+        let n = HELD.fetch_add(1, Ordering::Relaxed);
+        if n >= budget {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(HeldSlot)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A reserved slot not yet holding a file (released when dropped).
+struct HeldSlot;
+
+impl HeldSlot {
+    fn hold(self, f: File) -> Held {
+        std::mem::forget(self);
+        Held(f)
+    }
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many staged files may keep a descriptor open at once (unnamed staging holds one per
+/// file from staging to install): half of the soft `RLIMIT_NOFILE` above a reserve of 256
+/// for everything else, after raising the soft limit towards the hard one (once). Files
+/// beyond the budget are staged by name instead, so a batch never fails with EMFILE.
+pub fn staging_fd_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        /// Enough for a batch of staged files and their reserve; never lowered.
+        const WANT: u64 = 16 * 1024;
+        let lim = getrlimit(Resource::Nofile);
+        if let Some(cur) = lim.current.filter(|&c| c < WANT) {
+            let to = lim.maximum.map_or(WANT, |m| m.min(WANT));
+            if to > cur {
+                let _ = setrlimit(
+                    Resource::Nofile,
+                    rustix::process::Rlimit {
+                        current: Some(to),
+                        maximum: lim.maximum,
+                    },
+                );
+            }
+        }
+        let cur = getrlimit(Resource::Nofile).current.unwrap_or(WANT);
+        (cur.saturating_sub(256) / 2).min(4096) as usize
+    })
 }
 
 fn now_ns() -> i64 {
@@ -112,6 +189,8 @@ impl LocalReplica {
             label,
             safe_dirs: Mutex::new(HashSet::new()),
             tmp_ready: std::sync::atomic::AtomicBool::new(false),
+            unnamed: Mutex::new(HashMap::new()),
+            unnamed_ok: OnceLock::new(),
         }
     }
 
@@ -343,6 +422,121 @@ impl LocalReplica {
         let token = format!("{:016x}", rand::random::<u64>());
         let p = dir.join(&token);
         Ok((token, p))
+    }
+
+    /// Whether new files can be staged unnamed here: `O_TMPFILE` works on this filesystem
+    /// and such a file can be given a name ([`link_fd`]); probed once, in the temporary
+    /// folder, leaving nothing behind. (A folder of the tree on another filesystem without
+    /// `O_TMPFILE` has its files staged by name, one by one.)
+    fn unnamed_supported(&self) -> bool {
+        *self.unnamed_ok.get_or_init(|| {
+            let Ok((_, probe)) = self.tmp_path() else {
+                return false;
+            };
+            let Some(dir) = probe.parent() else {
+                return false;
+            };
+            let Ok(fd) = rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::TMPFILE
+                    | rustix::fs::OFlags::RDWR
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::from_raw_mode(0o600),
+            ) else {
+                return false;
+            };
+            let f = File::from(fd);
+            let ok = link_fd(&f, &probe).is_ok();
+            let _ = fs::remove_file(&probe);
+            ok
+        })
+    }
+
+    /// Stage a new file as an unnamed inode (`O_TMPFILE`) in the directory it goes to, so
+    /// that the staging threads do not contend on one temporary folder and `install` names
+    /// it with one `linkat` in that same directory (no cross-directory rename). A run that
+    /// dies before leaves nothing behind: the kernel frees the inode with its descriptor.
+    /// `Ok(None)`: not possible for this file (no `O_TMPFILE` here, no descriptor to spare,
+    /// no such directory); the caller stages it by name.
+    fn stage_unnamed(
+        &self,
+        src: &dyn Replica,
+        path: &RelPath,
+        meta: &Entry,
+    ) -> Result<Option<Staged>> {
+        if meta.kind != Kind::File || !self.unnamed_supported() {
+            return Ok(None);
+        }
+        let Some(slot) = Held::reserve() else {
+            return Ok(None);
+        };
+        // Never stage through a symlinked directory (`install` refuses those anyway).
+        if self.check_parents(path).is_err() {
+            return Ok(None);
+        }
+        let dst = self.abs(path);
+        let Some(dir) = dst.parent() else {
+            return Ok(None);
+        };
+        let mode_at_create = create_mode_kept(meta.mode);
+        let fd = match rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(if mode_at_create { meta.mode } else { 0o600 }),
+        ) {
+            Ok(fd) => fd,
+            Err(_) => return Ok(None),
+        };
+        let mut out = File::from(fd);
+        let verified = fill_staged(&mut out, src, path, meta, mode_at_create)?;
+        crate::faults::point("staged");
+        let (h, len) = match verified {
+            Some(v) => v,
+            None => hash_file(&fd_path(&out)).map_err(io_err(path))?,
+        };
+        let h = check_staged(path, meta, h, len)?;
+        let token = format!("{:016x}", rand::random::<u64>());
+        self.unnamed
+            .lock()
+            .expect("lock")
+            .insert(token.clone(), slot.hold(out));
+        Ok(Some(Staged {
+            token,
+            hash: Some(h),
+        }))
+    }
+
+    /// The unnamed staged file of `token`, if it is one.
+    fn take_unnamed(&self, token: &str) -> Option<Held> {
+        self.unnamed.lock().expect("lock").remove(token)
+    }
+
+    /// Name an unnamed staged file at `path`, where nothing was at the scan: one `linkat`
+    /// that fails if anything appeared there since (SPEC invariant 4), then the entry from
+    /// the still-open descriptor (the link changed its ctime; no path walk).
+    fn install_unnamed(
+        &self,
+        held: Held,
+        hash: Option<Hash>,
+        path: &RelPath,
+    ) -> Result<(Entry, VersionPath)> {
+        self.check_parents(path)?;
+        if let Some(e) = crate::faults::fail(path.as_str()) {
+            return Err(io_err(path)(e));
+        }
+        match link_fd(&held.0, &self.abs(path)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(ReplicaError::Changed(path.to_string()))
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        }
+        crate::faults::point("created");
+        let md = held.0.metadata().map_err(io_err(path))?;
+        let mut e =
+            entry_from_meta(&md, None).ok_or_else(|| ReplicaError::Changed(path.to_string()))?;
+        e.hash = hash;
+        Ok((e, None))
     }
 
     fn stat_after(&self, p: &RelPath, hash: Option<Hash>) -> Result<Entry> {
@@ -646,6 +840,95 @@ fn create_mode_kept(mode: u32) -> bool {
     umask.is_some_and(|u| mode & !0o777 == 0 && mode & u == 0)
 }
 
+/// Write `src`'s file at `path` into the staged file `out`, then give it `meta`'s mode
+/// (unless it was created with it) and mtime. Small files pass through memory: the hash and
+/// length of exactly the bytes written are returned; `None` for larger ones (the caller
+/// hashes what landed).
+fn fill_staged(
+    out: &mut File,
+    src: &dyn Replica,
+    path: &RelPath,
+    meta: &Entry,
+    mode_at_create: bool,
+) -> Result<Option<(Hash, u64)>> {
+    let mut verified = None;
+    match src.local_root() {
+        Some(root) if meta.size <= SMALL_FILE => {
+            // Read into a buffer sized from the scan (one byte more, to see growth) without
+            // the size probes `read_to_end` makes on a `File`.
+            let mut buf = Vec::with_capacity(meta.size as usize + 1);
+            File::open(path.to_fs(root))
+                .and_then(|f| f.take(SMALL_FILE + 1).read_to_end(&mut buf))
+                .map_err(io_err(path))?;
+            verified = Some((Hash::of(&buf), buf.len() as u64));
+            out.write_all(&buf).map_err(io_err(path))?;
+        }
+        // Larger local files: let the kernel copy (copy_file_range, reflink where the
+        // filesystem shares extents), then hash what landed.
+        Some(root) => {
+            let mut input = File::open(path.to_fs(root)).map_err(io_err(path))?;
+            io::copy(&mut input, out).map_err(io_err(path))?;
+        }
+        None => {
+            let mut input = src.open(path)?;
+            io::copy(&mut input, out).map_err(io_err(path))?;
+        }
+    }
+    if !mode_at_create {
+        out.set_permissions(fs::Permissions::from_mode(meta.mode))
+            .map_err(io_err(path))?;
+    }
+    let mtime = filetime::FileTime::from_unix_time(
+        meta.mtime.div_euclid(1_000_000_000),
+        meta.mtime.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_file_handle_times(out, None, Some(mtime)).map_err(io_err(path))?;
+    Ok(verified)
+}
+
+/// The end-to-end check of a staged file (SPEC invariant 3): what was written hashes to the
+/// scanned hash. A deferred hash (first sync): what was read is what was written, and the
+/// size is the one scanned; the hash of these bytes becomes the file's.
+fn check_staged(path: &RelPath, meta: &Entry, h: Hash, len: u64) -> Result<Hash> {
+    if meta.hash.is_some_and(|m| m != h) || len != meta.size {
+        return Err(ReplicaError::HashMismatch(path.to_string()));
+    }
+    Ok(h)
+}
+
+/// The path through which an open file can be opened again or linked (`/proc/self/fd/N`).
+fn fd_path(f: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+/// Give the open (unnamed) file `f` the name `to`, never replacing anything there
+/// (`AlreadyExists` then). `AT_EMPTY_PATH` links the descriptor itself (allowed with
+/// CAP_DAC_READ_SEARCH, and since Linux 6.10 to whoever opened the file); where refused,
+/// through `/proc/self/fd` (no privilege needed, but a lookup in /proc per file).
+fn link_fd(f: &File, to: &Path) -> io::Result<()> {
+    use std::sync::atomic::AtomicBool;
+    static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
+    if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+        match rustix::fs::linkat(f, "", rustix::fs::CWD, to, rustix::fs::AtFlags::EMPTY_PATH) {
+            Err(e) if e == rustix::io::Errno::NOENT && to.parent().is_some_and(Path::is_dir) => {
+                EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed)
+            }
+            Err(e) if e == rustix::io::Errno::PERM || e == rustix::io::Errno::INVAL => {
+                EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed)
+            }
+            r => return r.map_err(Into::into),
+        }
+    }
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        fd_path(f),
+        rustix::fs::CWD,
+        to,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(Into::into)
+}
+
 /// Below this depth a subtree is walked by one thread (see [`LocalReplica::walk`]).
 const PAR_DEPTH: usize = 2;
 
@@ -919,52 +1202,14 @@ impl Replica for LocalReplica {
                 .mode(if mode_at_create { meta.mode } else { 0o600 })
                 .open(&tmp)
                 .map_err(io_err(path))?;
-            // Small files: one read, hashed in memory, then written: the hash checked is the
-            // hash of exactly the bytes written.
-            let mut verified = None;
-            match src.local_root() {
-                Some(root) if meta.size <= SMALL_FILE => {
-                    // Read into a buffer sized from the scan (one byte more, to see growth)
-                    // without the size probes `read_to_end` makes on a `File`.
-                    let mut buf = Vec::with_capacity(meta.size as usize + 1);
-                    File::open(path.to_fs(root))
-                        .and_then(|f| f.take(SMALL_FILE + 1).read_to_end(&mut buf))
-                        .map_err(io_err(path))?;
-                    verified = Some((Hash::of(&buf), buf.len() as u64));
-                    out.write_all(&buf).map_err(io_err(path))?;
-                }
-                // Larger local files: let the kernel copy (copy_file_range, reflink where the
-                // filesystem shares extents), then hash what landed.
-                Some(root) => {
-                    let mut input = File::open(path.to_fs(root)).map_err(io_err(path))?;
-                    io::copy(&mut input, &mut out).map_err(io_err(path))?;
-                }
-                None => {
-                    let mut input = src.open(path)?;
-                    io::copy(&mut input, &mut out).map_err(io_err(path))?;
-                }
-            }
-            if !mode_at_create {
-                out.set_permissions(fs::Permissions::from_mode(meta.mode))
-                    .map_err(io_err(path))?;
-            }
-            let mtime = filetime::FileTime::from_unix_time(
-                meta.mtime.div_euclid(1_000_000_000),
-                meta.mtime.rem_euclid(1_000_000_000) as u32,
-            );
-            filetime::set_file_handle_times(&out, None, Some(mtime)).map_err(io_err(path))?;
+            let verified = fill_staged(&mut out, src, path, meta, mode_at_create)?;
             drop(out);
             crate::faults::point("staged");
             let (h, len) = match verified {
                 Some(v) => v,
                 None => hash_file(&tmp).map_err(io_err(path))?,
             };
-            // A deferred hash (first sync): what was read is what was written, and the
-            // size is the one scanned; the hash of these bytes becomes the file's.
-            if meta.hash.is_some_and(|m| m != h) || len != meta.size {
-                return Err(ReplicaError::HashMismatch(path.to_string()));
-            }
-            Ok(h)
+            check_staged(path, meta, h, len)
         })();
         match result {
             Ok(h) => Ok(Staged {
@@ -978,6 +1223,15 @@ impl Replica for LocalReplica {
         }
     }
 
+    fn stage_new_file(&self, src: &dyn Replica, path: &RelPath, meta: &Entry) -> Result<Staged> {
+        if src.as_remote().is_none() {
+            if let Some(st) = self.stage_unnamed(src, path, meta)? {
+                return Ok(st);
+            }
+        }
+        self.stage_file(src, path, meta)
+    }
+
     fn stage_symlink(&self, target: &str) -> Result<Staged> {
         let (token, tmp) = self.tmp_path()?;
         std::os::unix::fs::symlink(target, &tmp).map_err(io_err(tmp.display()))?;
@@ -985,6 +1239,7 @@ impl Replica for LocalReplica {
     }
 
     fn discard(&self, staged: Staged) {
+        drop(self.take_unnamed(&staged.token));
         let _ = crate::remote::take_pull(&self.tmp_dir().join(&staged.token));
         let _ = fs::remove_file(self.tmp_dir().join(staged.token));
     }
@@ -1004,6 +1259,14 @@ impl Replica for LocalReplica {
         run: &str,
     ) -> Result<(Entry, VersionPath)> {
         let tmp = self.tmp_dir().join(&staged.token);
+        if let Some(held) = self.take_unnamed(&staged.token) {
+            if expect.is_none() {
+                return self.install_unnamed(held, staged.hash, path);
+            }
+            // Something to replace: a temporary name first, then the usual exchange.
+            self.tmp_path()?;
+            link_fd(&held.0, &tmp).map_err(io_err(path))?;
+        }
         // A file pulled from a remote replica: its transfer's outcome (e.g. a hash mismatch).
         crate::remote::take_pull(&tmp)?;
         let r = (|| {
@@ -1442,6 +1705,115 @@ mod tests {
             assert_eq!(e, &want, "{p}");
             assert_eq!(e.stat, want.stat, "{p}");
         }
+    }
+
+    fn two(dir: &Path) -> (LocalReplica, LocalReplica) {
+        for d in ["src/d", "dst/d"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        (
+            LocalReplica::new(dir.join("src"), "src".into()),
+            LocalReplica::new(dir.join("dst"), "dst".into()),
+        )
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// A new file is staged as an unnamed inode (nothing visible anywhere until it is
+    /// installed) and named in place with the stat it ends with: the entry recorded is the
+    /// one the next scan sees (same inode and ctime, so it is not hashed again).
+    #[test]
+    fn a_new_file_is_staged_unnamed_and_named_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = two(dir.path());
+        let p = RelPath::new("d/f.txt").unwrap();
+        let big = RelPath::new("d/big.bin").unwrap();
+        fs::write(dir.path().join("src/d/f.txt"), "new content\n").unwrap();
+        let data: Vec<u8> = (0..SMALL_FILE as usize * 3)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        fs::write(dir.path().join("src/d/big.bin"), &data).unwrap();
+        fs::set_permissions(
+            dir.path().join("src/d/f.txt"),
+            fs::Permissions::from_mode(0o751),
+        )
+        .unwrap();
+        for q in [&p, &big] {
+            let meta = src.entry(q, true).unwrap().unwrap();
+            let st = dst.stage_new_file(&src, q, &meta).unwrap();
+            if !dst.unnamed_supported() {
+                eprintln!("no O_TMPFILE here: staged by name");
+                return;
+            }
+            assert!(dst.unnamed.lock().unwrap().contains_key(&st.token));
+            assert_eq!(st.hash, meta.hash);
+            assert!(!dst.abs(q).exists(), "visible before install");
+            assert!(names(&dst.tmp_dir()).is_empty());
+            let (e, v) = dst.install(st, q, None, "run").unwrap();
+            assert_eq!(v, None);
+            let now = dst.lstat(q).unwrap().unwrap();
+            assert_eq!(e.stat, now.stat, "recorded stat is not the final one");
+            assert_eq!(
+                (e.mtime, e.mode, e.size),
+                (meta.mtime, meta.mode, meta.size)
+            );
+            assert_eq!(e.hash, meta.hash);
+        }
+        assert_eq!(fs::read(dst.abs(&big)).unwrap(), data);
+        assert_eq!(fs::read_to_string(dst.abs(&p)).unwrap(), "new content\n");
+        assert!(dst.unnamed.lock().unwrap().is_empty());
+        assert!(names(&dst.tmp_dir()).is_empty());
+
+        // Discarded: nothing left anywhere.
+        let q = RelPath::new("d/g.txt").unwrap();
+        fs::write(src.abs(&q), "g").unwrap();
+        let meta = src.entry(&q, true).unwrap().unwrap();
+        let st = dst.stage_new_file(&src, &q, &meta).unwrap();
+        dst.discard(st);
+        assert!(dst.unnamed.lock().unwrap().is_empty());
+        assert_eq!(
+            names(&dst.abs(&RelPath::new("d").unwrap())),
+            ["big.bin", "f.txt"]
+        );
+        assert!(names(&dst.tmp_dir()).is_empty());
+    }
+
+    /// SPEC invariant 4: a file that appeared at the name after the scan is never replaced
+    /// by the new one (the link refuses an existing name); with the entry it now has, the
+    /// usual replace keeps it as a version.
+    #[test]
+    fn an_unnamed_file_never_replaces_one_that_appeared_since_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = two(dir.path());
+        let p = RelPath::new("d/f.txt").unwrap();
+        fs::write(src.abs(&p), "ours\n").unwrap();
+        let meta = src.entry(&p, true).unwrap().unwrap();
+        let st = dst.stage_new_file(&src, &p, &meta).unwrap();
+        fs::write(dst.abs(&p), "theirs\n").unwrap();
+        let r = dst.install(st, &p, None, "run");
+        assert!(matches!(r, Err(ReplicaError::Changed(_))), "{r:?}");
+        assert_eq!(fs::read_to_string(dst.abs(&p)).unwrap(), "theirs\n");
+        assert!(dst.unnamed.lock().unwrap().is_empty());
+        assert!(names(&dst.tmp_dir()).is_empty());
+
+        // Staged as new, installed over what is there now (re-checked): the old one is kept.
+        let st = dst.stage_new_file(&src, &p, &meta).unwrap();
+        let cur = dst.lstat(&p).unwrap().unwrap();
+        let (e, v) = dst.install(st, &p, Some(&cur), "run").unwrap();
+        assert_eq!(fs::read_to_string(dst.abs(&p)).unwrap(), "ours\n");
+        let v = v.expect("a version kept");
+        assert_eq!(fs::read_to_string(dst.root.join(&v)).unwrap(), "theirs\n");
+        assert_eq!(e.stat, dst.lstat(&p).unwrap().unwrap().stat);
+        assert!(names(&dst.tmp_dir()).is_empty());
     }
 
     /// The walk yields byte order of whole paths without a global sort, including the

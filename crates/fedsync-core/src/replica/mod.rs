@@ -145,6 +145,12 @@ pub trait Replica: Send + Sync {
     /// Write `src`'s file at `path` to a temporary name here, with `meta`'s mode and mtime,
     /// and verify its hash equals `meta.hash`.
     fn stage_file(&self, src: &dyn Replica, path: &RelPath, meta: &Entry) -> Result<Staged>;
+    /// [`Self::stage_file`] for a file that is new at `path` (nothing was there at the scan,
+    /// `install` gets `expect = None`): a local replica stages it as an unnamed file in its
+    /// final directory, which `install` names in place.
+    fn stage_new_file(&self, src: &dyn Replica, path: &RelPath, meta: &Entry) -> Result<Staged> {
+        self.stage_file(src, path, meta)
+    }
     fn stage_symlink(&self, target: &str) -> Result<Staged>;
     fn discard(&self, staged: Staged);
     /// Make staged data durable (fsync/syncfs) before it is renamed into place.
