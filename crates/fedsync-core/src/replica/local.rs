@@ -1627,6 +1627,18 @@ impl Replica for LocalReplica {
 mod tests {
     use super::*;
 
+    /// A scan of `root` under a profile with `head` (top-level keys) and two replicas.
+    fn walk_with(root: &Path, head: &str) -> (Rules, Scan) {
+        let rep = LocalReplica::new(root.to_path_buf(), "t".into());
+        let text = format!("{head}[replicas]\na = \"/x\"\nb = \"/y\"\n");
+        let profile = crate::config::Profile::parse("t", &text, "t.toml").unwrap();
+        let rules = Rules::compile(&profile).unwrap();
+        let scan = rep
+            .scan(&rules, &CacheBlob::default(), &ScanOptions::default())
+            .unwrap();
+        (rules, scan)
+    }
+
     /// The walk matches each listed name alone against `ignore` (its ancestors were
     /// descended into, so none is ignored): the same result as matching every ancestor,
     /// including a negation below an ignored directory, which cannot re-include.
@@ -1650,14 +1662,10 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, f).unwrap();
         }
-        let rep = LocalReplica::new(root.to_path_buf(), "t".into());
-        let text = "ignore = [\"build/\", \"!build/keep.txt\", \"*.log\", \"!important.log\"]\n\
-                    [replicas]\na = \"/x\"\nb = \"/y\"\n";
-        let profile = crate::config::Profile::parse("t", text, "t.toml").unwrap();
-        let rules = Rules::compile(&profile).unwrap();
-        let scan = rep
-            .scan(&rules, &CacheBlob::default(), &ScanOptions::default())
-            .unwrap();
+        let (rules, scan) = walk_with(
+            root,
+            "ignore = [\"build/\", \"!build/keep.txt\", \"*.log\", \"!important.log\"]\n",
+        );
         let got: Vec<&str> = scan.entries.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
             got,
@@ -1686,13 +1694,7 @@ mod tests {
         fs::set_permissions(root.join("d/f"), fs::Permissions::from_mode(0o751)).unwrap();
         std::os::unix::fs::symlink("f", root.join("d/l")).unwrap();
         fs::write(root.join("g"), b"").unwrap();
-        let rep = LocalReplica::new(root.to_path_buf(), "t".into());
-        let text = "[replicas]\na = \"/x\"\nb = \"/y\"\n";
-        let profile = crate::config::Profile::parse("t", text, "t.toml").unwrap();
-        let rules = Rules::compile(&profile).unwrap();
-        let scan = rep
-            .scan(&rules, &CacheBlob::default(), &ScanOptions::default())
-            .unwrap();
+        let (_, scan) = walk_with(root, "");
         assert_eq!(scan.entries.len(), 4);
         for (p, e) in &scan.entries {
             let md = fs::symlink_metadata(root.join(p.as_str())).unwrap();
@@ -1836,13 +1838,7 @@ mod tests {
                 fs::write(root.join(n), n).unwrap();
             }
         }
-        let rep = LocalReplica::new(root.to_path_buf(), "t".into());
-        let text = "[replicas]\na = \"/x\"\nb = \"/y\"\n";
-        let profile = crate::config::Profile::parse("t", text, "t.toml").unwrap();
-        let rules = Rules::compile(&profile).unwrap();
-        let scan = rep
-            .scan(&rules, &CacheBlob::default(), &ScanOptions::default())
-            .unwrap();
+        let (_, scan) = walk_with(root, "");
         let got: Vec<&str> = scan.entries.iter().map(|(p, _)| p.as_str()).collect();
         let mut want: Vec<&str> = got.clone();
         want.sort();
