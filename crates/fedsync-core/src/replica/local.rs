@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,12 +51,16 @@ pub struct LocalReplica {
 /// Staged files holding a descriptor open, in this process (all replicas).
 static HELD: AtomicUsize = AtomicUsize::new(0);
 
-/// An open unnamed staged file, counted in [`HELD`] while it lives.
+/// An open unnamed staged file, holding its slot of [`HELD`].
 #[derive(Debug)]
-struct Held(File);
+struct Held(File, HeldSlot);
 
-impl Held {
-    /// Take one descriptor slot of [`staging_fd_budget`]; `None` when all are in use.
+/// One descriptor slot of [`staging_fd_budget`], given back when dropped.
+#[derive(Debug)]
+struct HeldSlot;
+
+impl HeldSlot {
+    /// Take a slot; `None` when all are in use.
     fn reserve() -> Option<HeldSlot> {
         let budget = staging_fd_budget();
         let n = HELD.fetch_add(1, Ordering::Relaxed);
@@ -64,22 +69,6 @@ impl Held {
             return None;
         }
         Some(HeldSlot)
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        HELD.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A reserved slot not yet holding a file (released when dropped).
-struct HeldSlot;
-
-impl HeldSlot {
-    fn hold(self, f: File) -> Held {
-        std::mem::forget(self);
-        Held(f)
     }
 }
 
@@ -126,29 +115,16 @@ fn now_ns() -> i64 {
 
 /// Build an entry from `lstat` metadata (no hash).
 pub fn entry_from_meta(md: &fs::Metadata, link: Option<String>) -> Option<Entry> {
-    let ft = md.file_type();
-    let kind = if ft.is_file() {
-        Kind::File
-    } else if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else {
-        return None; // sockets, fifos, devices: not synced
-    };
-    Some(Entry {
-        kind,
-        size: if kind == Kind::Dir { 0 } else { md.size() },
+    StatLite {
+        kind: kind_of_mode(md.mode()),
+        mode: md.mode(),
+        size: md.size(),
         mtime: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-        mode: md.mode() & 0o7777,
-        hash: None,
-        link,
-        stat: Some(StatId {
-            dev: md.dev(),
-            ino: md.ino(),
-            ctime: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-        }),
-    })
+        ctime: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        ino: md.ino(),
+        dev: md.dev(),
+    }
+    .entry(link)
 }
 
 /// Hash a file's content, memory-mapping large files.
@@ -467,7 +443,7 @@ impl LocalReplica {
         if meta.kind != Kind::File || !self.unnamed_supported() {
             return Ok(None);
         }
-        let Some(slot) = Held::reserve() else {
+        let Some(slot) = HeldSlot::reserve() else {
             return Ok(None);
         };
         // Never stage through a symlinked directory (`install` refuses those anyway).
@@ -499,7 +475,7 @@ impl LocalReplica {
         self.unnamed
             .lock()
             .expect("lock")
-            .insert(token.clone(), slot.hold(out));
+            .insert(token.clone(), Held(out, slot));
         Ok(Some(Staged {
             token,
             hash: Some(h),
@@ -714,14 +690,7 @@ impl LocalReplica {
             let link = if kind == Kind::Symlink {
                 let target = rustix::fs::readlinkat(&fd, cname, Vec::new())
                     .map_err(io::Error::from)
-                    .and_then(|t| {
-                        t.into_string().map_err(|_| {
-                            io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                "symlink target is not valid UTF-8",
-                            )
-                        })
-                    });
+                    .and_then(|t| link_string(t.into_bytes()));
                 match target {
                     Ok(l) => Some(l),
                     Err(e) => {
@@ -732,7 +701,9 @@ impl LocalReplica {
             } else {
                 None
             };
-            let entry = st.entry(link);
+            let Some(entry) = st.entry(link) else {
+                continue;
+            };
             if is_dir && rules.should_descend(&rel) {
                 subdirs.push(rel.clone());
             }
@@ -743,8 +714,8 @@ impl LocalReplica {
     }
 }
 
-/// What the walk needs of one `lstat`, from `statx` relative to an open directory (the
-/// same values `std::fs::symlink_metadata` gives: see the test).
+/// What an entry needs of one `lstat`: from `statx` relative to an open directory in the
+/// walk, from `std::fs::Metadata` elsewhere (the same values: see the test).
 struct StatLite {
     kind: Option<Kind>,
     mode: u32,
@@ -756,9 +727,10 @@ struct StatLite {
 }
 
 impl StatLite {
-    fn entry(&self, link: Option<String>) -> Entry {
-        let kind = self.kind.expect("a synced kind");
-        Entry {
+    /// The entry (no hash); `None` for sockets, fifos and devices, which are not synced.
+    fn entry(&self, link: Option<String>) -> Option<Entry> {
+        let kind = self.kind?;
+        Some(Entry {
             kind,
             size: if kind == Kind::Dir { 0 } else { self.size },
             mtime: self.mtime,
@@ -770,7 +742,7 @@ impl StatLite {
                 ino: self.ino,
                 ctime: self.ctime,
             }),
-        }
+        })
     }
 }
 
@@ -1013,8 +985,12 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
 }
 
 fn read_link_str(p: &Path) -> io::Result<String> {
-    let t = fs::read_link(p)?;
-    t.into_os_string().into_string().map_err(|_| {
+    link_string(fs::read_link(p)?.into_os_string().into_vec())
+}
+
+/// A symlink target as text: fedsync syncs UTF-8 targets only.
+fn link_string(t: Vec<u8>) -> io::Result<String> {
+    String::from_utf8(t).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "symlink target is not valid UTF-8",
