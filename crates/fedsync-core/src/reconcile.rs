@@ -7,6 +7,7 @@ use crate::config::{Direction, MergeKind, Policy};
 use crate::entry::{Entry, Hash, Kind};
 use crate::path::RelPath;
 use crate::rules::PathRules;
+use crate::scanlist::{EntryRef, ScanList};
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -537,35 +538,48 @@ pub struct Input {
 /// state database (what the engine passes, so a path unchanged everywhere costs no copy).
 pub struct InputRef<'s> {
     pub base: Option<Entry>,
-    pub a: Option<&'s Entry>,
-    pub b: Option<&'s Entry>,
+    pub a: Option<EntryRef<'s>>,
+    pub b: Option<EntryRef<'s>>,
     /// Set when either side could not be read at or above this path.
     pub unreadable: Option<String>,
+}
+
+/// The per-path inputs of a pair in path order. The path is lent until the next call (a
+/// stream over compact scans spells each path into one buffer).
+pub trait Inputs<'s> {
+    fn next_input(&mut self) -> Option<(&str, InputRef<'s>)>;
+    /// A lower bound of the number of paths (for allocation).
+    fn lower_bound(&self) -> usize {
+        0
+    }
 }
 
 /// A path unchanged everywhere (the base equals both sides): each side's entry, borrowed
 /// from the scans (the engine still needs them for the scan caches), without an [`Item`].
 #[derive(Clone, Copy, Debug)]
 pub struct Unchanged<'s> {
-    pub path: &'s RelPath,
-    pub a: &'s Entry,
-    pub b: &'s Entry,
+    pub a: EntryRef<'s>,
+    pub b: EntryRef<'s>,
 }
 
 impl<'s> Unchanged<'s> {
-    pub fn side(&self, s: Side) -> &'s Entry {
+    pub fn side(&self, s: Side) -> EntryRef<'s> {
         match s {
             Side::A => self.a,
             Side::B => self.b,
         }
     }
 
+    pub fn path(&self) -> RelPath {
+        self.a.path()
+    }
+
     fn to_item(self) -> Item {
         Item {
-            path: self.path.clone(),
+            path: self.path(),
             base: None,
-            a: Some(self.a.clone()),
-            b: Some(self.b.clone()),
+            a: Some(self.a.to_entry()),
+            b: Some(self.b.to_entry()),
             decision: d(Action::None, "unchanged on both sides"),
             rule: String::new(),
         }
@@ -587,9 +601,40 @@ pub fn find_unchanged<'u, 's>(
     path: &RelPath,
 ) -> Option<&'u Unchanged<'s>> {
     unchanged
-        .binary_search_by(|u| u.path.cmp(path))
+        .binary_search_by(|u| u.a.cmp_path(path.as_str()))
         .ok()
         .map(|i| &unchanged[i])
+}
+
+/// Owned inputs (sorted) as an [`Inputs`] stream over scan lists built from them.
+struct OwnedInputs<'s> {
+    inputs: &'s [(RelPath, Input)],
+    lists: [&'s ScanList; 2],
+    next: [usize; 3],
+}
+
+impl<'s> Inputs<'s> for OwnedInputs<'s> {
+    fn next_input(&mut self) -> Option<(&str, InputRef<'s>)> {
+        let (p, inp) = self.inputs.get(self.next[2])?;
+        self.next[2] += 1;
+        let mut side = |k: usize, e: &Option<Entry>| {
+            e.as_ref().map(|_| {
+                let r = self.lists[k].get(self.next[k]);
+                self.next[k] += 1;
+                r
+            })
+        };
+        let (a, b) = (side(0, &inp.a), side(1, &inp.b));
+        Some((
+            p.as_str(),
+            InputRef {
+                base: inp.base.clone(),
+                a,
+                b,
+                unreadable: inp.unreadable.clone(),
+            },
+        ))
+    }
 }
 
 /// Decide a whole pair: per-path decisions, then the cross-path passes (renames, directory
@@ -601,22 +646,24 @@ pub fn reconcile(
     rules_for: &dyn Fn(&RelPath, bool) -> PathRules,
     ctx: &PairCtx,
 ) -> Vec<Item> {
-    let owned: Vec<(RelPath, Input)> = inputs.into_iter().collect();
-    let refs = owned.iter().map(|(p, i)| {
-        (
-            Cow::Borrowed(p),
-            InputRef {
-                base: i.base.clone(),
-                a: i.a.as_ref(),
-                b: i.b.as_ref(),
-                unreadable: i.unreadable.clone(),
-            },
-        )
-    });
+    let mut owned: Vec<(RelPath, Input)> = inputs.into_iter().collect();
+    owned.sort_by(|x, y| x.0.cmp(&y.0));
+    let list = |f: fn(&Input) -> &Option<Entry>| -> ScanList {
+        owned
+            .iter()
+            .filter_map(|(p, i)| f(i).clone().map(|e| (p.clone(), e)))
+            .collect()
+    };
+    let (la, lb) = (list(|i| &i.a), list(|i| &i.b));
+    let mut refs = OwnedInputs {
+        inputs: &owned,
+        lists: [&la, &lb],
+        next: [0; 3],
+    };
     let Reconciled {
         mut items,
         unchanged,
-    } = reconcile_split(refs, rules_for, ctx);
+    } = reconcile_split(&mut refs, rules_for, ctx);
     if !unchanged.is_empty() {
         items.extend(unchanged.into_iter().map(Unchanged::to_item));
         items.sort_by(|x, y| x.path.cmp(&y.path));
@@ -624,29 +671,28 @@ pub fn reconcile(
     items
 }
 
-/// [`reconcile`] on borrowed inputs, with the paths unchanged everywhere kept apart as
-/// [`Unchanged`] references.
+/// [`reconcile`] on borrowed inputs (in path order), with the paths unchanged everywhere
+/// kept apart as [`Unchanged`] references.
 pub fn reconcile_split<'s>(
-    inputs: impl IntoIterator<Item = (Cow<'s, RelPath>, InputRef<'s>)>,
+    inputs: &mut dyn Inputs<'s>,
     rules_for: &dyn Fn(&RelPath, bool) -> PathRules,
     ctx: &PairCtx,
 ) -> Reconciled<'s> {
-    let inputs = inputs.into_iter();
     let mut items: Vec<Item> = Vec::new();
-    let mut unchanged: Vec<Unchanged<'s>> = Vec::with_capacity(inputs.size_hint().0);
-    for (path, inp) in inputs {
+    let mut unchanged: Vec<Unchanged<'s>> = Vec::with_capacity(inputs.lower_bound());
+    while let Some((path, inp)) = inputs.next_input() {
         // The common case of a large tree: nothing changed anywhere.
         if inp.unreadable.is_none() {
-            if let (Cow::Borrowed(path), Some(base), Some(a), Some(b)) =
-                (&path, &inp.base, inp.a, inp.b)
-            {
-                if base.same_state(a) && base.same_state(b) {
-                    unchanged.push(Unchanged { path, a, b });
+            if let (Some(base), Some(a), Some(b)) = (&inp.base, inp.a, inp.b) {
+                if a.same_state(base) && b.same_state(base) {
+                    unchanged.push(Unchanged { a, b });
                     continue;
                 }
             }
         }
-        let is_dir = [inp.a, inp.b, inp.base.as_ref()]
+        let path = RelPath::trusted(path.to_string());
+        let (a, b) = (inp.a.map(|e| e.to_entry()), inp.b.map(|e| e.to_entry()));
+        let is_dir = [a.as_ref(), b.as_ref(), inp.base.as_ref()]
             .iter()
             .any(|e| e.is_some_and(|e| e.is_dir()));
         let rules = rules_for(&path, is_dir);
@@ -657,23 +703,21 @@ pub fn reconcile_split<'s>(
                 },
                 why.clone(),
             ),
-            None => decide(&path, inp.base.as_ref(), inp.a, inp.b, &rules, ctx),
+            None => decide(&path, inp.base.as_ref(), a.as_ref(), b.as_ref(), &rules, ctx),
         };
         items.push(Item {
-            path: path.into_owned(),
+            path,
             base: inp.base,
-            a: inp.a.cloned(),
-            b: inp.b.cloned(),
+            a,
+            b,
             decision,
             rule: rules.source,
         });
     }
-    if !items.windows(2).all(|w| w[0].path < w[1].path) {
-        items.sort_by(|x, y| x.path.cmp(&y.path));
-    }
-    if !unchanged.windows(2).all(|w| w[0].path < w[1].path) {
-        unchanged.sort_by(|x, y| x.path.cmp(y.path));
-    }
+    debug_assert!(items.windows(2).all(|w| w[0].path < w[1].path));
+    debug_assert!(unchanged
+        .windows(2)
+        .all(|w| w[0].a.cmp_path(w[1].a.path().as_str()) == std::cmp::Ordering::Less));
     free_aside_names(&mut items, &unchanged);
     detect_moves(&mut items, ctx);
     fix_directories(&mut items, ctx);
@@ -725,7 +769,7 @@ fn detect_name_collisions(
         .collect();
     let mut promote = Vec::new();
     unchanged.retain(|u| {
-        let hit = created.contains(&folded_name(u.path.as_str()));
+        let hit = created.contains(&folded_name(u.path().as_str()));
         if hit {
             promote.push(*u);
         }
