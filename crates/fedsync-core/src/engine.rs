@@ -894,7 +894,12 @@ fn hash_side(scan: &mut Scan, other: &ScanList, rep: &dyn Replica, rules: &Rules
     let entries = &scan.entries;
     let hashed: Vec<(usize, Result<Option<Entry>, String>)> = todo
         .par_iter()
-        .map(|&i| (i, rep.entry(&entries.path(i), true).map_err(|e| e.to_string())))
+        .map(|&i| {
+            (
+                i,
+                rep.entry(&entries.path(i), true).map_err(|e| e.to_string()),
+            )
+        })
         .collect();
     for (i, r) in hashed {
         match r {
@@ -925,7 +930,6 @@ pub struct Merge<'a, B: Iterator<Item = (RelPath, Entry)>> {
     any_errors: bool,
     names: [&'a str; 2],
     only: &'a [RelPath],
-    lower: usize,
     /// The current path.
     path: String,
 }
@@ -950,21 +954,11 @@ pub fn build_inputs<'a, B: Iterator<Item = (RelPath, Entry)>>(
         errs,
         names,
         only,
-        // A lower bound of the union's size; `--paths` may leave out any part of it.
-        lower: if only.is_empty() {
-            a.len().max(b.len())
-        } else {
-            0
-        },
         path: String::new(),
     }
 }
 
 impl<'a, B: Iterator<Item = (RelPath, Entry)>> reconcile::Inputs<'a> for Merge<'a, B> {
-    fn lower_bound(&self) -> usize {
-        self.lower
-    }
-
     fn next_input(&mut self) -> Option<(&str, InputRef<'a>)> {
         loop {
             // The smallest path of the three streams.
@@ -1569,7 +1563,7 @@ struct Applier<'e, 'a> {
     pctx: &'e PairCtx,
     items: &'e [Item],
     /// The paths unchanged everywhere (sorted), not in `items`.
-    unchanged: &'e [reconcile::Unchanged<'e>],
+    unchanged: &'e reconcile::UnchangedSet<'e>,
     outcomes: Vec<Option<Outcome>>,
     ops: Vec<StateOp>,
     bytes: Vec<u64>,
@@ -2032,7 +2026,7 @@ impl Applier<'_, '_> {
             for it in self.items {
                 add(Cow::Borrowed(&it.path), it.side(side));
             }
-            for u in self.unchanged {
+            for u in self.unchanged.iter() {
                 add(Cow::Owned(u.path()), Some(&u.side(side).to_entry()));
             }
             // Paths written under another name (keep-both asides) are not items (when there

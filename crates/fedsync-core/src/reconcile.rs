@@ -548,10 +548,6 @@ pub struct InputRef<'s> {
 /// stream over compact scans spells each path into one buffer).
 pub trait Inputs<'s> {
     fn next_input(&mut self) -> Option<(&str, InputRef<'s>)>;
-    /// A lower bound of the number of paths (for allocation).
-    fn lower_bound(&self) -> usize {
-        0
-    }
 }
 
 /// A path unchanged everywhere (the base equals both sides): each side's entry, borrowed
@@ -586,24 +582,104 @@ impl<'s> Unchanged<'s> {
     }
 }
 
+/// The paths unchanged everywhere, in path order, as runs of consecutive rows of both
+/// scans: a tree where nothing changed is a handful of runs, not one record per path.
+#[derive(Clone, Debug, Default)]
+pub struct UnchangedSet<'s> {
+    runs: Vec<Run<'s>>,
+    len: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Run<'s> {
+    a: EntryRef<'s>,
+    b: EntryRef<'s>,
+    len: u32,
+}
+
+impl<'s> UnchangedSet<'s> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append one (after every path already here).
+    pub fn push(&mut self, u: Unchanged<'s>) {
+        self.len += 1;
+        if let Some(r) = self.runs.last_mut() {
+            let k = r.len - 1;
+            if u.a.follows(&r.a.offset(k)) && u.b.follows(&r.b.offset(k)) {
+                r.len += 1;
+                return;
+            }
+        }
+        self.runs.push(Run {
+            a: u.a,
+            b: u.b,
+            len: 1,
+        });
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Unchanged<'s>> + '_ {
+        self.runs.iter().flat_map(|r| {
+            (0..r.len).map(move |k| Unchanged {
+                a: r.a.offset(k),
+                b: r.b.offset(k),
+            })
+        })
+    }
+
+    /// The unchanged row of `path`, if it is one.
+    pub fn find(&self, path: &RelPath) -> Option<Unchanged<'s>> {
+        let p = path.as_str();
+        // The last run starting at or before `path`, then a search inside it.
+        let i = self
+            .runs
+            .partition_point(|r| r.a.cmp_path(p) != std::cmp::Ordering::Greater);
+        let r = self.runs.get(i.checked_sub(1)?)?;
+        let (mut lo, mut hi) = (0, r.len);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match r.a.offset(mid).cmp_path(p) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    return Some(Unchanged {
+                        a: r.a.offset(mid),
+                        b: r.b.offset(mid),
+                    })
+                }
+            }
+        }
+        None
+    }
+
+    /// Keep the ones `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Unchanged<'s>) -> bool) {
+        let mut out = UnchangedSet::default();
+        for u in self.iter() {
+            if keep(&u) {
+                out.push(u);
+            }
+        }
+        *self = out;
+    }
+}
+
 /// A pair decided: the items that need a decision, and the (usually far more numerous)
-/// paths unchanged everywhere, both sorted by path. A 100,000-file tree with a few changes
-/// keeps 100,000 small [`Unchanged`] references instead of 100,000 full items.
+/// paths unchanged everywhere, both sorted by path.
 #[derive(Default)]
 pub struct Reconciled<'s> {
     pub items: Vec<Item>,
-    pub unchanged: Vec<Unchanged<'s>>,
+    pub unchanged: UnchangedSet<'s>,
 }
 
 /// The unchanged row of `path`, if it is one.
-pub fn find_unchanged<'u, 's>(
-    unchanged: &'u [Unchanged<'s>],
-    path: &RelPath,
-) -> Option<&'u Unchanged<'s>> {
-    unchanged
-        .binary_search_by(|u| u.a.cmp_path(path.as_str()))
-        .ok()
-        .map(|i| &unchanged[i])
+pub fn find_unchanged<'s>(unchanged: &UnchangedSet<'s>, path: &RelPath) -> Option<Unchanged<'s>> {
+    unchanged.find(path)
 }
 
 /// Owned inputs (sorted) as an [`Inputs`] stream over scan lists built from them.
@@ -665,7 +741,7 @@ pub fn reconcile(
         unchanged,
     } = reconcile_split(&mut refs, rules_for, ctx);
     if !unchanged.is_empty() {
-        items.extend(unchanged.into_iter().map(Unchanged::to_item));
+        items.extend(unchanged.iter().map(Unchanged::to_item));
         items.sort_by(|x, y| x.path.cmp(&y.path));
     }
     items
@@ -679,7 +755,7 @@ pub fn reconcile_split<'s>(
     ctx: &PairCtx,
 ) -> Reconciled<'s> {
     let mut items: Vec<Item> = Vec::new();
-    let mut unchanged: Vec<Unchanged<'s>> = Vec::with_capacity(inputs.lower_bound());
+    let mut unchanged = UnchangedSet::default();
     while let Some((path, inp)) = inputs.next_input() {
         // The common case of a large tree: nothing changed anywhere.
         if inp.unreadable.is_none() {
@@ -703,7 +779,14 @@ pub fn reconcile_split<'s>(
                 },
                 why.clone(),
             ),
-            None => decide(&path, inp.base.as_ref(), a.as_ref(), b.as_ref(), &rules, ctx),
+            None => decide(
+                &path,
+                inp.base.as_ref(),
+                a.as_ref(),
+                b.as_ref(),
+                &rules,
+                ctx,
+            ),
         };
         items.push(Item {
             path,
@@ -715,9 +798,10 @@ pub fn reconcile_split<'s>(
         });
     }
     debug_assert!(items.windows(2).all(|w| w[0].path < w[1].path));
-    debug_assert!(unchanged
-        .windows(2)
-        .all(|w| w[0].a.cmp_path(w[1].a.path().as_str()) == std::cmp::Ordering::Less));
+    debug_assert!({
+        let v: Vec<RelPath> = unchanged.iter().map(|u| u.path()).collect();
+        v.windows(2).all(|w| w[0] < w[1])
+    });
     free_aside_names(&mut items, &unchanged);
     detect_moves(&mut items, ctx);
     fix_directories(&mut items, ctx);
@@ -752,11 +836,7 @@ fn creates(it: &Item) -> [bool; 2] {
 /// case-insensitive or normalizing filesystem one would silently overwrite the other. Both
 /// become conflicts (nothing is touched) for the user to rename one; what is inside a
 /// colliding directory waits with them.
-fn detect_name_collisions(
-    items: &mut Vec<Item>,
-    unchanged: &mut Vec<Unchanged<'_>>,
-    ctx: &PairCtx,
-) {
+fn detect_name_collisions(items: &mut Vec<Item>, unchanged: &mut UnchangedSet<'_>, ctx: &PairCtx) {
     if !items.iter().any(|it| creates(it).iter().any(|c| *c)) {
         return;
     }
@@ -857,7 +937,7 @@ fn detect_name_collisions(
 
 /// A keep-both copy must not land on a name that is already used on either side (a user's
 /// file, or an earlier conflict copy in the same second): pick `...-2`, `...-3`.
-fn free_aside_names(items: &mut [Item], unchanged: &[Unchanged<'_>]) {
+fn free_aside_names(items: &mut [Item], unchanged: &UnchangedSet<'_>) {
     if !items.iter().any(|it| {
         matches!(
             it.decision.action,

@@ -165,6 +165,21 @@ impl std::fmt::Debug for EntryRef<'_> {
 }
 
 impl<'a> EntryRef<'a> {
+    /// Whether this is the row right after `prev` in the same chunk.
+    pub fn follows(&self, prev: &EntryRef<'_>) -> bool {
+        std::ptr::eq(self.chunk, prev.chunk) && self.row == prev.row + 1
+    }
+
+    /// The row `k` places further in the same chunk (which has it).
+    pub fn offset(&self, k: u32) -> EntryRef<'a> {
+        let row = self.row + k;
+        assert!((row as usize) < self.chunk.rows.len(), "row in its chunk");
+        EntryRef {
+            chunk: self.chunk,
+            row,
+        }
+    }
+
     fn r(&self) -> &'a Row {
         &self.chunk.rows[self.row as usize]
     }

@@ -1099,8 +1099,7 @@ impl Replica for LocalReplica {
                 }
                 if !opts.checksum {
                     if let Some(c) = rows.find(p) {
-                        if c.size == e.size() && c.mtime == e.mtime() && Some(c.stat) == e.stat()
-                        {
+                        if c.size == e.size() && c.mtime == e.mtime() && Some(c.stat) == e.stat() {
                             e.set_hash(Some(c.hash));
                             return;
                         }
