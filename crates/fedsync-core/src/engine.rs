@@ -12,6 +12,7 @@ use crate::replica::local::LocalReplica;
 use crate::replica::Scan;
 use crate::replica::{Probe, Replica, ReplicaError, ScanOptions, Staged, VersionPath};
 use crate::rules::Rules;
+use crate::scanlist::ScanList;
 use crate::store::{Cached, Store, StoreError};
 use crate::Home;
 use rayon::prelude::*;
@@ -835,23 +836,29 @@ fn compact_threshold(tree: usize) -> usize {
 
 /// Directories that exist only to lead to included paths are synced only when something
 /// included lies inside them (no empty skeleton of excluded folders).
-fn drop_empty_containers(entries: &mut Vec<(RelPath, Entry)>, rules: &Rules) {
+fn drop_empty_containers(entries: &mut ScanList, rules: &Rules) {
     let n = entries.len();
-    let mut keep = vec![true; n];
+    let mut drop = Vec::new();
     for i in 0..n {
-        let (p, e) = &entries[i];
-        if e.is_dir() && rules.is_container_only(p) {
-            let has_child = entries
-                .get(i + 1..)
-                .unwrap_or(&[])
-                .iter()
-                .take_while(|(q, _)| q.as_str().starts_with(p.as_str()))
-                .any(|(q, _)| q.starts_with(p) && q != p);
-            keep[i] = has_child;
+        let e = entries.get(i);
+        if !e.is_dir() {
+            continue;
+        }
+        let p = e.path();
+        if rules.is_container_only(&p) {
+            // Sorted: a child, if any, is among the entries right after it.
+            let has_child = (i + 1..n)
+                .map(|j| entries.path(j))
+                .take_while(|q| q.as_str().starts_with(p.as_str()))
+                .any(|q| q.starts_with(&p) && q != p);
+            if !has_child {
+                drop.push(i);
+            }
         }
     }
-    let mut it = keep.into_iter();
-    entries.retain(|_| it.next().unwrap_or(true));
+    if !drop.is_empty() {
+        entries.retain_indices(|i| drop.binary_search(&i).is_err());
+    }
 }
 
 /// After a scan with [`ScanOptions::defer_hash`]: hash the files that must be compared
@@ -863,30 +870,35 @@ fn hash_deferred(a: &mut Scan, b: &mut Scan, reps: [&dyn Replica; 2], rules: &Ru
     hash_side(b, &a.entries, reps[1], rules);
 }
 
-fn hash_side(scan: &mut Scan, other: &[(RelPath, Entry)], rep: &dyn Replica, rules: &Rules) {
+fn hash_side(scan: &mut Scan, other: &ScanList, rep: &dyn Replica, rules: &Rules) {
     let content_rules = rules.reads_content();
-    let needs = |p: &RelPath| {
-        p.as_str().ends_with("-wal")
-            || other
-                .binary_search_by(|(q, _)| q.cmp(p))
-                .is_ok_and(|i| other[i].1.is_file())
+    let needs = |p: &str| {
+        p.ends_with("-wal")
+            || other.find(p).is_some_and(|i| other.get(i).is_file())
             || content_rules && {
-                let pr = rules.for_path(p, false);
+                let pr = rules.for_path(&RelPath::trusted(p.to_string()), false);
                 pr.validate.is_some() || pr.merge.is_some()
             }
     };
-    let todo: Vec<usize> = scan
-        .entries
-        .iter()
-        .enumerate()
-        .filter(|(_, (p, e))| e.is_file() && e.hash.is_none() && needs(p))
-        .map(|(i, _)| i)
-        .collect();
+    let mut todo: Vec<usize> = Vec::new();
+    let mut cur = scan.entries.cursor();
+    let mut i = 0;
+    while let Some((p, e)) = cur.peek() {
+        if e.is_file() && e.hash().is_none() && needs(p) {
+            todo.push(i);
+        }
+        cur.advance();
+        i += 1;
+    }
+    drop(cur);
+    let entries = &scan.entries;
     let hashed: Vec<(usize, Result<Option<Entry>, String>)> = todo
         .par_iter()
         .map(|&i| {
-            let p = &scan.entries[i].0;
-            (i, rep.entry(p, true).map_err(|e| e.to_string()))
+            (
+                i,
+                rep.entry(&entries.path(i), true).map_err(|e| e.to_string()),
+            )
         })
         .collect();
     for (i, r) in hashed {
@@ -894,123 +906,133 @@ fn hash_side(scan: &mut Scan, other: &[(RelPath, Entry)], rep: &dyn Replica, rul
             Ok(Some(e)) if e.is_file() && e.hash.is_some() => {
                 scan.hashed_files += 1;
                 scan.hashed_bytes += e.size;
-                scan.hashed_paths.push(scan.entries[i].0.clone());
-                scan.entries[i].1 = e;
+                scan.hashed_paths.push(scan.entries.path(i));
+                scan.entries.set_file(i, &e);
             }
             // Gone or replaced since the walk: the entry stays (never read as deleted)
             // and is marked unreadable for this run.
             Ok(_) => scan.errors.push((
-                scan.entries[i].0.clone(),
+                scan.entries.path(i),
                 "changed while it was scanned".to_string(),
             )),
-            Err(m) => scan.errors.push((scan.entries[i].0.clone(), m)),
+            Err(m) => scan.errors.push((scan.entries.path(i), m)),
         }
     }
 }
 
 /// The per-path inputs: base ∪ A ∪ B (each sorted by path), merged in order as a stream of
 /// borrowed entries (never materialized: reconcile consumes it), with unreadable subtrees
-/// marked.
+/// flagged and `--paths` applied.
+pub struct Merge<'a, B: Iterator<Item = (RelPath, Entry)>> {
+    base: std::iter::Peekable<B>,
+    sides: [crate::scanlist::Cursor<'a>; 2],
+    errs: [HashMap<&'a str, &'a str>; 2],
+    any_errors: bool,
+    names: [&'a str; 2],
+    only: &'a [RelPath],
+    /// The current path.
+    path: String,
+}
+
 pub fn build_inputs<'a, B: Iterator<Item = (RelPath, Entry)>>(
     base: B,
-    a: &'a [(RelPath, Entry)],
-    b: &'a [(RelPath, Entry)],
+    a: &'a ScanList,
+    b: &'a ScanList,
     errors: [&'a [(RelPath, String)]; 2],
     names: [&'a str; 2],
     only: &'a [RelPath],
-) -> impl Iterator<Item = (Cow<'a, RelPath>, InputRef<'a>)> {
-    // A lower bound of the union's size (for the caller's allocation); `--paths` may
-    // leave out any part of it.
-    let lower = if only.is_empty() {
-        a.len().max(b.len())
-    } else {
-        0
-    };
-    let mut base = base.peekable();
-    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
+) -> Merge<'a, B> {
     let errs: [HashMap<&str, &str>; 2] = errors.map(|es| {
         es.iter()
             .map(|(p, m)| (p.as_str(), m.as_str()))
             .collect::<HashMap<_, _>>()
     });
-    let any_errors = errs.iter().any(|e| !e.is_empty());
-    let stream = std::iter::from_fn(move || loop {
-        // The smallest path of the three streams; a side's path is borrowed (the base's
-        // rows are owned and only a path no side has keeps its own).
-        let side_min: Option<&'a RelPath> = match (ia.peek().copied(), ib.peek().copied()) {
-            (Some((x, _)), Some((y, _))) => Some(if y < x { y } else { x }),
-            (Some((x, _)), None) | (None, Some((x, _))) => Some(x),
-            (None, None) => None,
-        };
-        let base_first = match (base.peek(), side_min) {
-            (None, None) => return None,
-            (Some((bp, _)), Some(x)) => bp < x,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-        };
-        let (path, be): (Cow<'a, RelPath>, Option<Entry>) = if base_first {
-            let (p, e) = base.next().expect("peeked");
-            (Cow::Owned(p), Some(e))
-        } else {
-            let x = side_min.expect("a side has it");
-            let be = if base.peek().is_some_and(|(bp, _)| bp == x) {
-                base.next().map(|(_, e)| e)
-            } else {
-                None
-            };
-            (Cow::Borrowed(x), be)
-        };
-        let ea = match ia.peek() {
-            Some((p, _)) if *p == *path => ia.next().map(|(_, e)| e),
-            _ => None,
-        };
-        let eb = match ib.peek() {
-            Some((p, _)) if *p == *path => ib.next().map(|(_, e)| e),
-            _ => None,
-        };
-        if !only.is_empty() && !only.iter().any(|o| path.starts_with(o)) {
-            continue;
-        }
-        let mut unreadable = None;
-        if any_errors {
-            for (side, es) in errs.iter().enumerate() {
-                let hit = std::iter::once(path.as_str())
-                    .chain(path.ancestors())
-                    .find_map(|q| es.get(q).map(|m| (q, *m)));
-                if let Some((q, m)) = hit {
-                    let at = if q == path.as_str() {
-                        String::new()
-                    } else {
-                        format!(" (at {q})")
-                    };
-                    unreadable = Some(format!("unreadable on {}{at}: {m}", names[side]));
-                }
-            }
-        }
-        return Some((
-            path,
-            InputRef {
-                base: be,
-                a: ea,
-                b: eb,
-                unreadable,
-            },
-        ));
-    });
-    Hinted(stream, lower)
+    Merge {
+        base: base.peekable(),
+        sides: [a.cursor(), b.cursor()],
+        any_errors: errs.iter().any(|e| !e.is_empty()),
+        errs,
+        names,
+        only,
+        path: String::new(),
+    }
 }
 
-/// An iterator with a known lower bound of its length.
-struct Hinted<I>(I, usize);
-
-impl<I: Iterator> Iterator for Hinted<I> {
-    type Item = I::Item;
-    fn next(&mut self) -> Option<I::Item> {
-        self.1 = self.1.saturating_sub(1);
-        self.0.next()
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.1, None)
+impl<'a, B: Iterator<Item = (RelPath, Entry)>> reconcile::Inputs<'a> for Merge<'a, B> {
+    fn next_input(&mut self) -> Option<(&str, InputRef<'a>)> {
+        loop {
+            // The smallest path of the three streams.
+            let [ca, cb] = &self.sides;
+            let side_min = match (ca.peek(), cb.peek()) {
+                (Some((x, _)), Some((y, _))) => Some(if y < x { y } else { x }),
+                (Some((x, _)), None) | (None, Some((x, _))) => Some(x),
+                (None, None) => None,
+            };
+            let base_first = match (self.base.peek(), side_min) {
+                (None, None) => return None,
+                (Some((bp, _)), Some(x)) => bp.as_str() < x,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            self.path.clear();
+            let be = if base_first {
+                let (p, e) = self.base.next().expect("peeked");
+                self.path.push_str(p.as_str());
+                Some(e)
+            } else {
+                let x = side_min.expect("a side has it");
+                self.path.push_str(x);
+                if self.base.peek().is_some_and(|(bp, _)| bp.as_str() == x) {
+                    self.base.next().map(|(_, e)| e)
+                } else {
+                    None
+                }
+            };
+            let mut take = |k: usize| {
+                let c = &mut self.sides[k];
+                let e = c.peek().filter(|(p, _)| *p == self.path).map(|(_, e)| e);
+                if e.is_some() {
+                    c.advance();
+                }
+                e
+            };
+            let (ea, eb) = (take(0), take(1));
+            let path = self.path.as_str();
+            if !self.only.is_empty()
+                && !self
+                    .only
+                    .iter()
+                    .any(|o| crate::path::str_starts_with(path, o.as_str()))
+            {
+                continue;
+            }
+            let mut unreadable = None;
+            if self.any_errors {
+                for (side, es) in self.errs.iter().enumerate() {
+                    let hit = std::iter::once(path)
+                        .chain(crate::path::str_ancestors(path))
+                        .find_map(|q| es.get(q).map(|m| (q, *m)));
+                    if let Some((q, m)) = hit {
+                        let at = if q == path {
+                            String::new()
+                        } else {
+                            format!(" (at {q})")
+                        };
+                        unreadable = Some(format!("unreadable on {}{at}: {m}", self.names[side]));
+                    }
+                }
+            }
+            // (The path is borrowed anew for the caller: the one above ends here.)
+            return Some((
+                self.path.as_str(),
+                InputRef {
+                    base: be,
+                    a: ea,
+                    b: eb,
+                    unreadable,
+                },
+            ));
+        }
     }
 }
 
@@ -1120,17 +1142,23 @@ impl Engine<'_> {
             let aliases = self.store.base_aliases(pair)?;
             if !aliases.is_empty() {
                 for entries in [&mut scan_a.entries, &mut scan_b.entries] {
-                    for (p, e) in entries.iter_mut() {
-                        let Some(list) = aliases.get(p.as_str()) else {
-                            continue;
-                        };
+                    let mut fix = Vec::new();
+                    for (p, list) in &aliases {
+                        let Some(i) = entries.find(p) else { continue };
+                        let mut e = entries.entry(i);
                         let hex = e.hash.map(|h| h.to_hex());
                         if let Some((_, h, size)) =
                             list.iter().find(|(a, _, _)| Some(a) == hex.as_ref())
                         {
-                            e.hash = Some(*h);
-                            e.size = *size;
+                            if e.is_file() {
+                                e.hash = Some(*h);
+                                e.size = *size;
+                                fix.push((i, e));
+                            }
                         }
+                    }
+                    for (i, e) in fix {
+                        entries.set_file(i, &e);
                     }
                 }
             }
@@ -1171,7 +1199,8 @@ impl Engine<'_> {
                 [&names[0], &names[1]],
                 &self.opts.paths,
             );
-            reconcile::reconcile_split(inputs, &|p, d| rules.for_path(p, d), &pctx)
+            let mut inputs = inputs;
+            reconcile::reconcile_split(&mut inputs, &|p, d| rules.for_path(p, d), &pctx)
         })?;
         let base_files = base_files.get();
         let tree_len = items.len() + unchanged.len();
@@ -1327,30 +1356,27 @@ impl Engine<'_> {
 /// What an item would transfer (files only; moves and directories send nothing).
 /// A SQLite database under a `sqlite` rule whose commits are partly still in its `-wal`
 /// file: its state is both files, so its hash covers both (the snapshot copies both).
-fn fold_sqlite_wal(entries: &mut [(RelPath, Entry)], rules: &Rules) {
+fn fold_sqlite_wal(entries: &mut ScanList, rules: &Rules) {
     let mut folds = Vec::new();
-    for (p, e) in entries.iter() {
-        let (Some(db), Some(h)) = (p.as_str().strip_suffix("-wal"), e.hash) else {
-            continue;
-        };
-        if e.size == 0 {
-            continue;
+    let mut cur = entries.cursor();
+    while let Some((p, e)) = cur.peek() {
+        if let (Some(db), Some(h), true) = (p.strip_suffix("-wal"), e.hash(), e.size() > 0) {
+            if let Ok(db) = RelPath::new(db) {
+                if rules.for_path(&db, false).validate == Some(crate::config::Validator::Sqlite) {
+                    if let Some(j) = entries.find(db.as_str()) {
+                        folds.push((j, h));
+                    }
+                }
+            }
         }
-        let Ok(db) = RelPath::new(db) else { continue };
-        if rules.for_path(&db, false).validate != Some(crate::config::Validator::Sqlite) {
-            continue;
-        }
-        if let Ok(j) = entries.binary_search_by(|(q, _)| q.cmp(&db)) {
-            folds.push((j, h));
-        }
+        cur.advance();
     }
     for (j, wal) in folds {
-        let e = &mut entries[j].1;
-        if let Some(main) = e.hash {
+        if let Some(main) = entries.get(j).hash() {
             let mut h = blake3::Hasher::new();
             h.update(&main.0);
             h.update(&wal.0);
-            e.hash = Some(Hash(*h.finalize().as_bytes()));
+            entries.set_hash(j, Some(Hash(*h.finalize().as_bytes())));
         }
     }
 }
@@ -1537,7 +1563,7 @@ struct Applier<'e, 'a> {
     pctx: &'e PairCtx,
     items: &'e [Item],
     /// The paths unchanged everywhere (sorted), not in `items`.
-    unchanged: &'e [reconcile::Unchanged<'e>],
+    unchanged: &'e reconcile::UnchangedSet<'e>,
     outcomes: Vec<Option<Outcome>>,
     ops: Vec<StateOp>,
     bytes: Vec<u64>,
@@ -1969,12 +1995,10 @@ impl Applier<'_, '_> {
                         continue;
                     }
                     let row = match self.items.binary_search_by(|it| it.path.cmp(p)) {
-                        Ok(i) => self.items[i].side(side),
-                        Err(_) => {
-                            reconcile::find_unchanged(self.unchanged, p).map(|u| u.side(side))
-                        }
-                    }
-                    .and_then(row_of);
+                        Ok(i) => self.items[i].side(side).and_then(row_of),
+                        Err(_) => reconcile::find_unchanged(self.unchanged, p)
+                            .and_then(|u| row_of(&u.side(side).to_entry())),
+                    };
                     rows.push((p.clone(), row));
                 }
                 for (p, r) in over {
@@ -1986,14 +2010,9 @@ impl Applier<'_, '_> {
                 continue;
             }
             let mut rows: Vec<(RelPath, Cached)> = Vec::with_capacity(tree_len);
-            let all = self
-                .items
-                .iter()
-                .map(|it| (&it.path, it.side(side)))
-                .chain(self.unchanged.iter().map(|u| (u.path, Some(u.side(side)))));
             let mut matched = 0;
-            for (path, e) in all {
-                let row = match over.get(path) {
+            let mut add = |path: Cow<'_, RelPath>, e: Option<&Entry>| {
+                let row = match over.get(&*path) {
                     Some(r) => {
                         matched += 1;
                         r.clone().filter(|c| c.mtime < limit)
@@ -2001,8 +2020,14 @@ impl Applier<'_, '_> {
                     None => e.and_then(row_of),
                 };
                 if let Some(c) = row {
-                    rows.push((path.clone(), c));
+                    rows.push((path.into_owned(), c));
                 }
+            };
+            for it in self.items {
+                add(Cow::Borrowed(&it.path), it.side(side));
+            }
+            for u in self.unchanged.iter() {
+                add(Cow::Owned(u.path()), Some(&u.side(side).to_entry()));
             }
             // Paths written under another name (keep-both asides) are not items (when there
             // are some: a search per written path is not free on a first sync).
@@ -2612,11 +2637,13 @@ impl Applier<'_, '_> {
                 self.keep_base_content(&it.path, side, e, hash)?;
             }
         }
-        for u in self.unchanged {
-            let pr = rules.for_path(u.path, false);
+        // (Only when some rule merges: a path's rules are not free to look up.)
+        for u in self.unchanged.iter().filter(|_| rules.reads_content()) {
+            let path = u.path();
+            let pr = rules.for_path(&path, false);
             if matches!(pr.merge, Some(MergeKind::Text | MergeKind::Union)) {
-                if let Some(hash) = u.a.hash {
-                    self.keep_base_content(u.path, Side::A, u.a, hash)?;
+                if let Some(hash) = u.a.hash() {
+                    self.keep_base_content(&path, Side::A, &u.a.to_entry(), hash)?;
                 }
             }
         }

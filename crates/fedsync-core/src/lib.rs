@@ -17,6 +17,7 @@ pub mod reconcile;
 pub mod remote;
 pub mod replica;
 pub mod rules;
+pub mod scanlist;
 pub mod store;
 pub mod undo;
 pub mod validate;

@@ -132,15 +132,18 @@ impl RelPath {
 
     /// All proper ancestors from the top down, excluding the root.
     pub fn ancestors(&self) -> impl Iterator<Item = &str> {
-        let s = self.0.as_str();
-        s.match_indices('/').map(move |(i, _)| &s[..i])
+        str_ancestors(&self.0)
     }
 
     /// Whether `self` equals `other` or lies below it.
     pub fn starts_with(&self, other: &RelPath) -> bool {
-        other.is_root()
-            || self.0 == other.0
-            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+        str_starts_with(&self.0, &other.0)
+    }
+
+    /// A path known to be valid already (built from valid parts inside this crate).
+    pub(crate) fn trusted(s: String) -> RelPath {
+        debug_assert!(RelPath::new(&s).is_ok(), "{s:?} is not a valid path");
+        RelPath(s)
     }
 
     /// Depth: number of components (root = 0).
@@ -177,6 +180,18 @@ impl RelPath {
             None => RelPath::new(name),
         }
     }
+}
+
+/// [`RelPath::ancestors`] of a valid path given as a string.
+pub fn str_ancestors(s: &str) -> impl Iterator<Item = &str> {
+    s.match_indices('/').map(move |(i, _)| &s[..i])
+}
+
+/// [`RelPath::starts_with`] of valid paths given as strings.
+pub fn str_starts_with(path: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
 }
 
 impl fmt::Display for RelPath {

@@ -7,6 +7,7 @@ use crate::config::{Direction, MergeKind, Policy};
 use crate::entry::{Entry, Hash, Kind};
 use crate::path::RelPath;
 use crate::rules::PathRules;
+use crate::scanlist::{EntryRef, ScanList};
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -537,59 +538,179 @@ pub struct Input {
 /// state database (what the engine passes, so a path unchanged everywhere costs no copy).
 pub struct InputRef<'s> {
     pub base: Option<Entry>,
-    pub a: Option<&'s Entry>,
-    pub b: Option<&'s Entry>,
+    pub a: Option<EntryRef<'s>>,
+    pub b: Option<EntryRef<'s>>,
     /// Set when either side could not be read at or above this path.
     pub unreadable: Option<String>,
+}
+
+/// The per-path inputs of a pair in path order. The path is lent until the next call (a
+/// stream over compact scans spells each path into one buffer).
+pub trait Inputs<'s> {
+    fn next_input(&mut self) -> Option<(&str, InputRef<'s>)>;
 }
 
 /// A path unchanged everywhere (the base equals both sides): each side's entry, borrowed
 /// from the scans (the engine still needs them for the scan caches), without an [`Item`].
 #[derive(Clone, Copy, Debug)]
 pub struct Unchanged<'s> {
-    pub path: &'s RelPath,
-    pub a: &'s Entry,
-    pub b: &'s Entry,
+    pub a: EntryRef<'s>,
+    pub b: EntryRef<'s>,
 }
 
 impl<'s> Unchanged<'s> {
-    pub fn side(&self, s: Side) -> &'s Entry {
+    pub fn side(&self, s: Side) -> EntryRef<'s> {
         match s {
             Side::A => self.a,
             Side::B => self.b,
         }
     }
 
+    pub fn path(&self) -> RelPath {
+        self.a.path()
+    }
+
     fn to_item(self) -> Item {
         Item {
-            path: self.path.clone(),
+            path: self.path(),
             base: None,
-            a: Some(self.a.clone()),
-            b: Some(self.b.clone()),
+            a: Some(self.a.to_entry()),
+            b: Some(self.b.to_entry()),
             decision: d(Action::None, "unchanged on both sides"),
             rule: String::new(),
         }
     }
 }
 
+/// The paths unchanged everywhere, in path order, as runs of consecutive rows of both
+/// scans: a tree where nothing changed is a handful of runs, not one record per path.
+#[derive(Clone, Debug, Default)]
+pub struct UnchangedSet<'s> {
+    runs: Vec<Run<'s>>,
+    len: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Run<'s> {
+    a: EntryRef<'s>,
+    b: EntryRef<'s>,
+    len: u32,
+}
+
+impl<'s> UnchangedSet<'s> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append one (after every path already here).
+    pub fn push(&mut self, u: Unchanged<'s>) {
+        self.len += 1;
+        if let Some(r) = self.runs.last_mut() {
+            let k = r.len - 1;
+            if u.a.follows(&r.a.offset(k)) && u.b.follows(&r.b.offset(k)) {
+                r.len += 1;
+                return;
+            }
+        }
+        self.runs.push(Run {
+            a: u.a,
+            b: u.b,
+            len: 1,
+        });
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Unchanged<'s>> + '_ {
+        self.runs.iter().flat_map(|r| {
+            (0..r.len).map(move |k| Unchanged {
+                a: r.a.offset(k),
+                b: r.b.offset(k),
+            })
+        })
+    }
+
+    /// The unchanged row of `path`, if it is one.
+    pub fn find(&self, path: &RelPath) -> Option<Unchanged<'s>> {
+        let p = path.as_str();
+        // The last run starting at or before `path`, then a search inside it.
+        let i = self
+            .runs
+            .partition_point(|r| r.a.cmp_path(p) != std::cmp::Ordering::Greater);
+        let r = self.runs.get(i.checked_sub(1)?)?;
+        let (mut lo, mut hi) = (0, r.len);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match r.a.offset(mid).cmp_path(p) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    return Some(Unchanged {
+                        a: r.a.offset(mid),
+                        b: r.b.offset(mid),
+                    })
+                }
+            }
+        }
+        None
+    }
+
+    /// Keep the ones `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Unchanged<'s>) -> bool) {
+        let mut out = UnchangedSet::default();
+        for u in self.iter() {
+            if keep(&u) {
+                out.push(u);
+            }
+        }
+        *self = out;
+    }
+}
+
 /// A pair decided: the items that need a decision, and the (usually far more numerous)
-/// paths unchanged everywhere, both sorted by path. A 100,000-file tree with a few changes
-/// keeps 100,000 small [`Unchanged`] references instead of 100,000 full items.
+/// paths unchanged everywhere, both sorted by path.
 #[derive(Default)]
 pub struct Reconciled<'s> {
     pub items: Vec<Item>,
-    pub unchanged: Vec<Unchanged<'s>>,
+    pub unchanged: UnchangedSet<'s>,
 }
 
 /// The unchanged row of `path`, if it is one.
-pub fn find_unchanged<'u, 's>(
-    unchanged: &'u [Unchanged<'s>],
-    path: &RelPath,
-) -> Option<&'u Unchanged<'s>> {
-    unchanged
-        .binary_search_by(|u| u.path.cmp(path))
-        .ok()
-        .map(|i| &unchanged[i])
+pub fn find_unchanged<'s>(unchanged: &UnchangedSet<'s>, path: &RelPath) -> Option<Unchanged<'s>> {
+    unchanged.find(path)
+}
+
+/// Owned inputs (sorted) as an [`Inputs`] stream over scan lists built from them.
+struct OwnedInputs<'s> {
+    inputs: &'s [(RelPath, Input)],
+    lists: [&'s ScanList; 2],
+    next: [usize; 3],
+}
+
+impl<'s> Inputs<'s> for OwnedInputs<'s> {
+    fn next_input(&mut self) -> Option<(&str, InputRef<'s>)> {
+        let (p, inp) = self.inputs.get(self.next[2])?;
+        self.next[2] += 1;
+        let mut side = |k: usize, e: &Option<Entry>| {
+            e.as_ref().map(|_| {
+                let r = self.lists[k].get(self.next[k]);
+                self.next[k] += 1;
+                r
+            })
+        };
+        let (a, b) = (side(0, &inp.a), side(1, &inp.b));
+        Some((
+            p.as_str(),
+            InputRef {
+                base: inp.base.clone(),
+                a,
+                b,
+                unreadable: inp.unreadable.clone(),
+            },
+        ))
+    }
 }
 
 /// Decide a whole pair: per-path decisions, then the cross-path passes (renames, directory
@@ -601,52 +722,53 @@ pub fn reconcile(
     rules_for: &dyn Fn(&RelPath, bool) -> PathRules,
     ctx: &PairCtx,
 ) -> Vec<Item> {
-    let owned: Vec<(RelPath, Input)> = inputs.into_iter().collect();
-    let refs = owned.iter().map(|(p, i)| {
-        (
-            Cow::Borrowed(p),
-            InputRef {
-                base: i.base.clone(),
-                a: i.a.as_ref(),
-                b: i.b.as_ref(),
-                unreadable: i.unreadable.clone(),
-            },
-        )
-    });
+    let mut owned: Vec<(RelPath, Input)> = inputs.into_iter().collect();
+    owned.sort_by(|x, y| x.0.cmp(&y.0));
+    let list = |f: fn(&Input) -> &Option<Entry>| -> ScanList {
+        owned
+            .iter()
+            .filter_map(|(p, i)| f(i).clone().map(|e| (p.clone(), e)))
+            .collect()
+    };
+    let (la, lb) = (list(|i| &i.a), list(|i| &i.b));
+    let mut refs = OwnedInputs {
+        inputs: &owned,
+        lists: [&la, &lb],
+        next: [0; 3],
+    };
     let Reconciled {
         mut items,
         unchanged,
-    } = reconcile_split(refs, rules_for, ctx);
+    } = reconcile_split(&mut refs, rules_for, ctx);
     if !unchanged.is_empty() {
-        items.extend(unchanged.into_iter().map(Unchanged::to_item));
+        items.extend(unchanged.iter().map(Unchanged::to_item));
         items.sort_by(|x, y| x.path.cmp(&y.path));
     }
     items
 }
 
-/// [`reconcile`] on borrowed inputs, with the paths unchanged everywhere kept apart as
-/// [`Unchanged`] references.
+/// [`reconcile`] on borrowed inputs (in path order), with the paths unchanged everywhere
+/// kept apart as [`Unchanged`] references.
 pub fn reconcile_split<'s>(
-    inputs: impl IntoIterator<Item = (Cow<'s, RelPath>, InputRef<'s>)>,
+    inputs: &mut dyn Inputs<'s>,
     rules_for: &dyn Fn(&RelPath, bool) -> PathRules,
     ctx: &PairCtx,
 ) -> Reconciled<'s> {
-    let inputs = inputs.into_iter();
     let mut items: Vec<Item> = Vec::new();
-    let mut unchanged: Vec<Unchanged<'s>> = Vec::with_capacity(inputs.size_hint().0);
-    for (path, inp) in inputs {
+    let mut unchanged = UnchangedSet::default();
+    while let Some((path, inp)) = inputs.next_input() {
         // The common case of a large tree: nothing changed anywhere.
         if inp.unreadable.is_none() {
-            if let (Cow::Borrowed(path), Some(base), Some(a), Some(b)) =
-                (&path, &inp.base, inp.a, inp.b)
-            {
-                if base.same_state(a) && base.same_state(b) {
-                    unchanged.push(Unchanged { path, a, b });
+            if let (Some(base), Some(a), Some(b)) = (&inp.base, inp.a, inp.b) {
+                if a.same_state(base) && b.same_state(base) {
+                    unchanged.push(Unchanged { a, b });
                     continue;
                 }
             }
         }
-        let is_dir = [inp.a, inp.b, inp.base.as_ref()]
+        let path = RelPath::trusted(path.to_string());
+        let (a, b) = (inp.a.map(|e| e.to_entry()), inp.b.map(|e| e.to_entry()));
+        let is_dir = [a.as_ref(), b.as_ref(), inp.base.as_ref()]
             .iter()
             .any(|e| e.is_some_and(|e| e.is_dir()));
         let rules = rules_for(&path, is_dir);
@@ -657,23 +779,29 @@ pub fn reconcile_split<'s>(
                 },
                 why.clone(),
             ),
-            None => decide(&path, inp.base.as_ref(), inp.a, inp.b, &rules, ctx),
+            None => decide(
+                &path,
+                inp.base.as_ref(),
+                a.as_ref(),
+                b.as_ref(),
+                &rules,
+                ctx,
+            ),
         };
         items.push(Item {
-            path: path.into_owned(),
+            path,
             base: inp.base,
-            a: inp.a.cloned(),
-            b: inp.b.cloned(),
+            a,
+            b,
             decision,
             rule: rules.source,
         });
     }
-    if !items.windows(2).all(|w| w[0].path < w[1].path) {
-        items.sort_by(|x, y| x.path.cmp(&y.path));
-    }
-    if !unchanged.windows(2).all(|w| w[0].path < w[1].path) {
-        unchanged.sort_by(|x, y| x.path.cmp(y.path));
-    }
+    debug_assert!(items.windows(2).all(|w| w[0].path < w[1].path));
+    debug_assert!({
+        let v: Vec<RelPath> = unchanged.iter().map(|u| u.path()).collect();
+        v.windows(2).all(|w| w[0] < w[1])
+    });
     free_aside_names(&mut items, &unchanged);
     detect_moves(&mut items, ctx);
     fix_directories(&mut items, ctx);
@@ -708,11 +836,7 @@ fn creates(it: &Item) -> [bool; 2] {
 /// case-insensitive or normalizing filesystem one would silently overwrite the other. Both
 /// become conflicts (nothing is touched) for the user to rename one; what is inside a
 /// colliding directory waits with them.
-fn detect_name_collisions(
-    items: &mut Vec<Item>,
-    unchanged: &mut Vec<Unchanged<'_>>,
-    ctx: &PairCtx,
-) {
+fn detect_name_collisions(items: &mut Vec<Item>, unchanged: &mut UnchangedSet<'_>, ctx: &PairCtx) {
     if !items.iter().any(|it| creates(it).iter().any(|c| *c)) {
         return;
     }
@@ -725,7 +849,7 @@ fn detect_name_collisions(
         .collect();
     let mut promote = Vec::new();
     unchanged.retain(|u| {
-        let hit = created.contains(&folded_name(u.path.as_str()));
+        let hit = created.contains(&folded_name(u.path().as_str()));
         if hit {
             promote.push(*u);
         }
@@ -813,7 +937,7 @@ fn detect_name_collisions(
 
 /// A keep-both copy must not land on a name that is already used on either side (a user's
 /// file, or an earlier conflict copy in the same second): pick `...-2`, `...-3`.
-fn free_aside_names(items: &mut [Item], unchanged: &[Unchanged<'_>]) {
+fn free_aside_names(items: &mut [Item], unchanged: &UnchangedSet<'_>) {
     if !items.iter().any(|it| {
         matches!(
             it.decision.action,

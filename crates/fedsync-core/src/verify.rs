@@ -117,11 +117,12 @@ pub fn verify(home: &Home, profile: &Profile) -> Result<VerifyReport, EngineErro
         // Against the scan cache: same inode, ctime, size and mtime, other content.
         let cached: HashMap<String, crate::store::Cached> =
             cache.collect_rows().into_iter().collect();
-        for (p, e) in &scan.entries {
-            let (Some(c), Some(h), Some(st)) = (cached.get(p.as_str()), e.hash, e.stat) else {
+        for e in scan.entries.iter() {
+            let p = e.path();
+            let (Some(c), Some(h), Some(st)) = (cached.get(p.as_str()), e.hash(), e.stat()) else {
                 continue;
             };
-            if c.size == e.size && c.mtime == e.mtime && c.stat == st && c.hash != h {
+            if c.size == e.size() && c.mtime == e.mtime() && c.stat == st && c.hash != h {
                 report.findings.push(Finding {
                     path: p.to_string(),
                     replica: spec.name.clone(),
@@ -135,7 +136,7 @@ pub fn verify(home: &Home, profile: &Profile) -> Result<VerifyReport, EngineErro
                 });
             }
         }
-        scans.push(Some((id, scan.entries.into_iter().collect())));
+        scans.push(Some((id, scan.entries.iter_owned().collect())));
     }
     // Pairs: each replica against the base and against the other.
     let names: Vec<&str> = profile.replicas.iter().map(|r| r.name.as_str()).collect();

@@ -139,7 +139,7 @@ impl Push {
 }
 
 /// A finished scan, for the cache: entries, hashed paths, start time, cache deltas before.
-type Scanned<'a> = (&'a [(RelPath, Entry)], &'a [RelPath], i64, usize);
+type Scanned<'a> = (&'a crate::scanlist::ScanList, &'a [RelPath], i64, usize);
 
 struct Agent {
     rep: LocalReplica,
@@ -342,14 +342,14 @@ impl Agent {
             let threshold = (entries.len() / 8).max(2000);
             if hashed.len() + old_deltas > threshold {
                 let full: Vec<(RelPath, Cached)> = entries
-                    .iter()
-                    .filter_map(|(p, e)| Cached::of(e, limit).map(|c| (p.clone(), c)))
+                    .iter_owned()
+                    .filter_map(|(p, e)| Cached::of(&e, limit).map(|c| (p, c)))
                     .collect();
                 let _ = store.save_cache(CACHE_KEY, &full);
             } else {
                 for p in hashed {
-                    if let Ok(i) = entries.binary_search_by(|(q, _)| q.cmp(p)) {
-                        deltas.push((p.clone(), Cached::of(&entries[i].1, limit)));
+                    if let Some(i) = entries.find(p.as_str()) {
+                        deltas.push((p.clone(), Cached::of(&entries.entry(i), limit)));
                     }
                 }
             }
@@ -1258,12 +1258,12 @@ impl Agent {
         let hashed: HashSet<&RelPath> = scan.hashed_paths.iter().collect();
         self.last_scan.clear();
         let mut batch = Vec::with_capacity(SCAN_BATCH);
-        for (p, e) in &scan.entries {
-            let mut we = WEntry::from_entry(e);
+        for (p, e) in scan.entries.iter_owned() {
+            let mut we = WEntry::from_entry(&e);
             if let (Kind::File, Some(h)) = (e.kind, e.hash) {
                 self.last_scan
                     .insert(p.as_str().to_string(), (e.size, e.mtime, h));
-                if !hashed.contains(p) {
+                if !hashed.contains(&p) {
                     // The client has it cached (or asks with `Hashes`).
                     we.hash = None;
                 }

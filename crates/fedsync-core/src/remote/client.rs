@@ -1162,6 +1162,7 @@ impl RemoteReplica {
             only: opts.only.iter().map(|p| p.as_str().to_string()).collect(),
         })?;
         let mut scan = Scan::default();
+        let mut entries: Vec<(RelPath, Entry)> = Vec::new();
         let need = cache.with_cursor(|rows| -> Result<Vec<usize>> {
             let mut need: Vec<usize> = Vec::new();
             let mut last: Option<RelPath> = None;
@@ -1199,12 +1200,12 @@ impl RemoteReplica {
                                         {
                                             e.hash = Some(c.hash)
                                         }
-                                        _ => need.push(scan.entries.len()),
+                                        _ => need.push(entries.len()),
                                     }
                                 }
                             }
                             last = Some(p.clone());
-                            scan.entries.push((p, e));
+                            entries.push((p, e));
                         }
                     }
                     Resp::ScanEnd {
@@ -1233,18 +1234,18 @@ impl RemoteReplica {
         for part in need.chunks(20_000) {
             let paths: Vec<String> = part
                 .iter()
-                .map(|&i| scan.entries[i].0.as_str().to_string())
+                .map(|&i| entries[i].0.as_str().to_string())
                 .collect();
             match self.conn.call(&Req::Hashes(paths))? {
                 Resp::Hashes(hs) if hs.len() == part.len() => {
                     for (&i, h) in part.iter().zip(hs) {
                         match h {
                             Some(h) => {
-                                scan.entries[i].1.hash = Some(Hash(h));
-                                scan.hashed_paths.push(scan.entries[i].0.clone());
+                                entries[i].1.hash = Some(Hash(h));
+                                scan.hashed_paths.push(entries[i].0.clone());
                             }
                             None => {
-                                let p = scan.entries[i].0.clone();
+                                let p = entries[i].0.clone();
                                 scan.errors.push((p, "the agent has no hash for it".into()));
                             }
                         }
@@ -1253,6 +1254,7 @@ impl RemoteReplica {
                 r => return Err(unexpected(&self.label, &r)),
             }
         }
+        scan.entries = entries.into();
         Ok(scan)
     }
 }

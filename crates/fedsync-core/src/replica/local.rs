@@ -8,6 +8,7 @@ use super::{
 use crate::entry::{Entry, Hash, Kind, StatId};
 use crate::path::RelPath;
 use crate::rules::Rules;
+use crate::scanlist::{ScanChunk, ScanList};
 use crate::store::CacheBlob;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -32,7 +33,7 @@ pub const META_DIR: &str = ".fedsync";
 pub const RACY_NS: i64 = 2_000_000_000;
 
 /// A scan's entries as runs, each sorted, in path order one after the other.
-type Runs = Vec<Vec<(RelPath, Entry)>>;
+type Runs = Vec<ScanChunk>;
 
 pub struct LocalReplica {
     root: PathBuf,
@@ -538,7 +539,7 @@ impl LocalReplica {
         errors: &Mutex<Vec<(RelPath, String)>>,
     ) -> Runs {
         if depth >= PAR_DEPTH {
-            let mut run = Vec::new();
+            let mut run = ScanChunk::default();
             self.walk_seq(dir, rules, only, errors, &mut run);
             return if run.is_empty() {
                 Vec::new()
@@ -552,12 +553,11 @@ impl LocalReplica {
             .map(|d| Some(self.walk(d, depth + 1, rules, only, errors)))
             .collect();
         let order = sibling_order(&own, &subdirs);
-        let mut own: Vec<Option<(RelPath, Entry)>> = own.into_iter().map(Some).collect();
         let mut runs = Vec::new();
-        let mut run = Vec::new();
+        let mut run = ScanChunk::default();
         for slot in order {
             match slot {
-                Slot::Own(i) => run.push(own[i].take().expect("each entry once")),
+                Slot::Own(i) => run.push(&own[i].0, &own[i].1),
                 Slot::Sub(j) => {
                     let sub = subs[j].take().expect("each subdirectory once");
                     if sub.is_empty() {
@@ -583,14 +583,13 @@ impl LocalReplica {
         rules: &Rules,
         only: &[RelPath],
         errors: &Mutex<Vec<(RelPath, String)>>,
-        out: &mut Vec<(RelPath, Entry)>,
+        out: &mut ScanChunk,
     ) {
         let (own, subdirs) = self.list_dir(dir, rules, only, errors);
         let order = sibling_order(&own, &subdirs);
-        let mut own: Vec<Option<(RelPath, Entry)>> = own.into_iter().map(Some).collect();
         for slot in order {
             match slot {
-                Slot::Own(i) => out.push(own[i].take().expect("each entry once")),
+                Slot::Own(i) => out.push(&own[i].0, &own[i].1),
                 Slot::Sub(j) => self.walk_seq(&subdirs[j], rules, only, errors, out),
             }
         }
@@ -1083,31 +1082,31 @@ impl Replica for LocalReplica {
         let runs = self.walk(&RelPath::root(), 0, rules, &opts.only, &errors);
         timing.mark("  walk");
         let mut errors = errors.into_inner().expect("lock");
-        // The walk yields path order already (checked in debug builds).
-        let mut entries: Vec<(RelPath, Entry)> =
-            Vec::with_capacity(runs.iter().map(Vec::len).sum());
-        for r in runs {
-            entries.extend(r);
-        }
-        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        // The walk yields path order already (checked in debug builds); its runs are kept
+        // as they are, not copied into one vector.
+        let mut entries = ScanList::from_chunks(runs);
+        debug_assert!({
+            let v: Vec<RelPath> = entries.iter().map(|e| e.path()).collect();
+            v.windows(2).all(|w| w[0] < w[1])
+        });
 
         // Fast check: merge-join with the sorted cache; what does not match is hashed.
         let mut todo = Vec::new();
         cache.with_cursor(|rows| {
-            for (i, (p, e)) in entries.iter_mut().enumerate() {
-                if e.kind != Kind::File {
-                    continue;
+            entries.for_each_mut(|i, p, e| {
+                if e.kind() != Kind::File {
+                    return;
                 }
                 if !opts.checksum {
-                    if let Some(c) = rows.find(p.as_str()) {
-                        if c.size == e.size && c.mtime == e.mtime && Some(c.stat) == e.stat {
-                            e.hash = Some(c.hash);
-                            continue;
+                    if let Some(c) = rows.find(p) {
+                        if c.size == e.size() && c.mtime == e.mtime() && Some(c.stat) == e.stat() {
+                            e.set_hash(Some(c.hash));
+                            return;
                         }
                     }
                 }
                 todo.push(i);
-            }
+            });
         });
         timing.mark("  fast check");
         if opts.defer_hash && !opts.checksum {
@@ -1116,10 +1115,10 @@ impl Replica for LocalReplica {
         let hashed: Vec<(usize, std::result::Result<Hash, String>)> = todo
             .par_iter()
             .map(|&i| {
-                let p = &entries[i].0;
+                let p = entries.path(i);
                 (
                     i,
-                    hash_file(&self.abs(p))
+                    hash_file(&self.abs(&p))
                         .map(|(h, _)| h)
                         .map_err(|e| format!("cannot read: {e}")),
                 )
@@ -1133,12 +1132,12 @@ impl Replica for LocalReplica {
             match r {
                 Ok(h) => {
                     scan.hashed_files += 1;
-                    scan.hashed_bytes += entries[i].1.size;
-                    scan.hashed_paths.push(entries[i].0.clone());
-                    entries[i].1.hash = Some(h);
+                    scan.hashed_bytes += entries.get(i).size();
+                    scan.hashed_paths.push(entries.path(i));
+                    entries.set_hash(i, Some(h));
                 }
                 // The entry stays (so it is never read as deleted) but is marked unreadable.
-                Err(msg) => errors.push((entries[i].0.clone(), msg)),
+                Err(msg) => errors.push((entries.path(i), msg)),
             }
         }
         scan.entries = entries;
@@ -1642,7 +1641,7 @@ mod tests {
             root,
             "ignore = [\"build/\", \"!build/keep.txt\", \"*.log\", \"!important.log\"]\n",
         );
-        let got: Vec<&str> = scan.entries.iter().map(|(p, _)| p.as_str()).collect();
+        let got: Vec<String> = scan.entries.iter().map(|e| e.path().to_string()).collect();
         assert_eq!(
             got,
             [
@@ -1654,8 +1653,8 @@ mod tests {
                 "src/important.log"
             ]
         );
-        for (p, e) in &scan.entries {
-            assert!(!rules.is_excluded(p, e.is_dir()), "{p}");
+        for (p, e) in scan.entries.iter_owned() {
+            assert!(!rules.is_excluded(&p, e.is_dir()), "{p}");
         }
     }
 
@@ -1672,7 +1671,7 @@ mod tests {
         fs::write(root.join("g"), b"").unwrap();
         let (_, scan) = walk_with(root, "");
         assert_eq!(scan.entries.len(), 4);
-        for (p, e) in &scan.entries {
+        for (p, e) in scan.entries.iter_owned() {
             let md = fs::symlink_metadata(root.join(p.as_str())).unwrap();
             let link = md
                 .file_type()
@@ -1680,7 +1679,7 @@ mod tests {
                 .then(|| read_link_str(&root.join(p.as_str())).unwrap());
             let mut want = entry_from_meta(&md, link).unwrap();
             want.hash = e.hash;
-            assert_eq!(e, &want, "{p}");
+            assert_eq!(e, want, "{p}");
             assert_eq!(e.stat, want.stat, "{p}");
         }
     }
@@ -1815,7 +1814,8 @@ mod tests {
             }
         }
         let (_, scan) = walk_with(root, "");
-        let got: Vec<&str> = scan.entries.iter().map(|(p, _)| p.as_str()).collect();
+        let got: Vec<String> = scan.entries.iter().map(|e| e.path().to_string()).collect();
+        let got: Vec<&str> = got.iter().map(String::as_str).collect();
         let mut want: Vec<&str> = got.clone();
         want.sort();
         assert_eq!(got, want);

@@ -73,8 +73,8 @@ pub struct ScanOptions {
 /// The result of scanning one replica.
 #[derive(Debug, Default)]
 pub struct Scan {
-    /// Sorted by path.
-    pub entries: Vec<(RelPath, Entry)>,
+    /// Sorted by path, stored compactly.
+    pub entries: crate::scanlist::ScanList,
     /// Paths that could not be read, with the reason. Nothing at or below them is trusted.
     pub errors: Vec<(RelPath, String)>,
     pub hashed_files: u64,
