@@ -839,8 +839,7 @@ fn compact_threshold(tree: usize) -> usize {
 fn drop_empty_containers(entries: &mut ScanList, rules: &Rules) {
     let n = entries.len();
     let mut drop = Vec::new();
-    for i in 0..n {
-        let e = entries.get(i);
+    for (i, e) in entries.iter().enumerate() {
         if !e.is_dir() {
             continue;
         }
@@ -1199,8 +1198,7 @@ impl Engine<'_> {
                 [&names[0], &names[1]],
                 &self.opts.paths,
             );
-            let mut inputs = inputs;
-            reconcile::reconcile_split(&mut inputs, &|p, d| rules.for_path(p, d), &pctx)
+            reconcile::reconcile_split(&mut { inputs }, &|p, d| rules.for_path(p, d), &pctx)
         })?;
         let base_files = base_files.get();
         let tree_len = items.len() + unchanged.len();
@@ -1358,18 +1356,22 @@ impl Engine<'_> {
 /// file: its state is both files, so its hash covers both (the snapshot copies both).
 fn fold_sqlite_wal(entries: &mut ScanList, rules: &Rules) {
     let mut folds = Vec::new();
-    let mut cur = entries.cursor();
-    while let Some((p, e)) = cur.peek() {
-        if let (Some(db), Some(h), true) = (p.strip_suffix("-wal"), e.hash(), e.size() > 0) {
-            if let Ok(db) = RelPath::new(db) {
-                if rules.for_path(&db, false).validate == Some(crate::config::Validator::Sqlite) {
-                    if let Some(j) = entries.find(db.as_str()) {
-                        folds.push((j, h));
-                    }
-                }
-            }
+    // Only a `-wal` name is spelled out as a path.
+    for e in entries
+        .iter()
+        .filter(|e| e.name().ends_with("-wal") && e.size() > 0)
+    {
+        let path = e.path();
+        let (Some(h), Some(db)) = (e.hash(), path.as_str().strip_suffix("-wal")) else {
+            continue;
+        };
+        let Ok(db) = RelPath::new(db) else { continue };
+        if rules.for_path(&db, false).validate != Some(crate::config::Validator::Sqlite) {
+            continue;
         }
-        cur.advance();
+        if let Some(j) = entries.find(db.as_str()) {
+            folds.push((j, h));
+        }
     }
     for (j, wal) in folds {
         if let Some(main) = entries.get(j).hash() {
@@ -1640,7 +1642,7 @@ impl Applier<'_, '_> {
                     c.reason.starts_with("review:")
                         && match items.binary_search_by(|it| it.path.cmp(&p)) {
                             Ok(i) => matches!(items[i].decision.action, Action::None),
-                            Err(_) => reconcile::find_unchanged(self.unchanged, &p).is_some(),
+                            Err(_) => self.unchanged.find(&p).is_some(),
                         }
                 })
                 .collect();
@@ -1996,7 +1998,9 @@ impl Applier<'_, '_> {
                     }
                     let row = match self.items.binary_search_by(|it| it.path.cmp(p)) {
                         Ok(i) => self.items[i].side(side).and_then(row_of),
-                        Err(_) => reconcile::find_unchanged(self.unchanged, p)
+                        Err(_) => self
+                            .unchanged
+                            .find(p)
                             .and_then(|u| row_of(&u.side(side).to_entry())),
                     };
                     rows.push((p.clone(), row));
@@ -2034,7 +2038,7 @@ impl Applier<'_, '_> {
             for (p, r) in over.iter().filter(|_| matched < over.len()) {
                 if let Some(c) = r.as_ref().filter(|c| c.mtime < limit) {
                     if self.items.binary_search_by(|it| it.path.cmp(p)).is_err()
-                        && reconcile::find_unchanged(self.unchanged, p).is_none()
+                        && self.unchanged.find(p).is_none()
                     {
                         rows.push((p.clone(), c.clone()));
                     }
@@ -2381,11 +2385,10 @@ impl Applier<'_, '_> {
                         start = e;
                         (s, e, sc.spawn(move || stage_and_flush(s, e)))
                     });
-                    let Some((s, e, h)) = pending.take() else {
-                        if next.is_none() {
+                    let Some((s, e, h)) = std::mem::replace(&mut pending, next) else {
+                        if pending.is_none() {
                             break;
                         }
-                        pending = next;
                         continue;
                     };
                     let t = Instant::now();
@@ -2404,7 +2407,6 @@ impl Applier<'_, '_> {
                     spent[0] += took[0];
                     spent[1] += took[1];
                     self.install_batch(&jobs[s..e], staged, err, &mut spent)?;
-                    pending = next;
                 }
                 Ok(())
             })?;
@@ -2664,7 +2666,10 @@ impl Applier<'_, '_> {
             }
         }
         // (Only when some rule merges: a path's rules are not free to look up.)
-        for u in self.unchanged.iter().filter(|_| rules.reads_content()) {
+        if !rules.reads_content() {
+            return Ok(());
+        }
+        for u in self.unchanged.iter() {
             let path = u.path();
             let pr = rules.for_path(&path, false);
             if matches!(pr.merge, Some(MergeKind::Text | MergeKind::Union)) {

@@ -640,21 +640,11 @@ impl<'s> UnchangedSet<'s> {
             .runs
             .partition_point(|r| r.a.cmp_path(p) != std::cmp::Ordering::Greater);
         let r = self.runs.get(i.checked_sub(1)?)?;
-        let (mut lo, mut hi) = (0, r.len);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match r.a.offset(mid).cmp_path(p) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => {
-                    return Some(Unchanged {
-                        a: r.a.offset(mid),
-                        b: r.b.offset(mid),
-                    })
-                }
-            }
-        }
-        None
+        let k = crate::scanlist::search(r.len as usize, |k| r.a.offset(k as u32).cmp_path(p))?;
+        Some(Unchanged {
+            a: r.a.offset(k as u32),
+            b: r.b.offset(k as u32),
+        })
     }
 
     /// Keep the ones `keep` says yes to.
@@ -675,11 +665,6 @@ impl<'s> UnchangedSet<'s> {
 pub struct Reconciled<'s> {
     pub items: Vec<Item>,
     pub unchanged: UnchangedSet<'s>,
-}
-
-/// The unchanged row of `path`, if it is one.
-pub fn find_unchanged<'s>(unchanged: &UnchangedSet<'s>, path: &RelPath) -> Option<Unchanged<'s>> {
-    unchanged.find(path)
 }
 
 /// Owned inputs (sorted) as an [`Inputs`] stream over scan lists built from them.
@@ -950,7 +935,7 @@ fn free_aside_names(items: &mut [Item], unchanged: &UnchangedSet<'_>) {
     let mut taken: std::collections::HashSet<RelPath> =
         items.iter().map(|it| it.path.clone()).collect();
     let taken_at = |taken: &std::collections::HashSet<RelPath>, p: &RelPath| {
-        taken.contains(p) || find_unchanged(unchanged, p).is_some()
+        taken.contains(p) || unchanged.find(p).is_some()
     };
     for it in items.iter_mut() {
         let (Action::KeepBoth { aside, .. } | Action::Merge { aside, .. }) =

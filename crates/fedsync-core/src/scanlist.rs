@@ -39,6 +39,65 @@ struct Row {
     flags: u8,
 }
 
+impl Row {
+    fn kind(&self) -> Kind {
+        code_kind(self.kind)
+    }
+    fn hash(&self) -> Option<Hash> {
+        (self.flags & HAS_HASH != 0).then_some(Hash(self.hash))
+    }
+    fn stat(&self) -> Option<StatId> {
+        (self.flags & HAS_STAT != 0).then_some(StatId {
+            dev: self.dev,
+            ino: self.ino,
+            ctime: self.ctime,
+        })
+    }
+    fn set_hash(&mut self, h: Option<Hash>) {
+        match h {
+            Some(h) => {
+                self.hash = h.0;
+                self.flags |= HAS_HASH;
+            }
+            None => self.flags &= !HAS_HASH,
+        }
+    }
+}
+
+/// Name and link lengths of row `r` (`long`: its chunk's table of long rows).
+fn row_lens(long: &[(u32, u32, u32)], r: usize, row: &Row) -> (usize, usize) {
+    if row.flags & LONG == 0 {
+        return (row.name_len.into(), row.link_len.into());
+    }
+    let i = long
+        .binary_search_by_key(&(r as u32), |l| l.0)
+        .expect("long row recorded");
+    (long[i].1 as usize, long[i].2 as usize)
+}
+
+/// Append the path of a row whose name is `name` to `buf`.
+fn spell(dir: &RelPath, name: &str, buf: &mut String) {
+    if !dir.is_root() {
+        buf.push_str(dir.as_str());
+        buf.push('/');
+    }
+    buf.push_str(name);
+}
+
+/// Binary search over `0..n` by `cmp(i)` (how entry `i` compares with the one sought).
+pub(crate) fn search(n: usize, cmp: impl Fn(usize) -> Ordering) -> Option<usize> {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match cmp(mid) {
+            Ordering::Less => lo = mid + 1,
+            Ordering::Greater => hi = mid,
+            Ordering::Equal => return Some(mid),
+        }
+    }
+    None
+}
+
 fn kind_code(k: Kind) -> u8 {
     match k {
         Kind::File => 0,
@@ -132,15 +191,7 @@ impl ScanChunk {
     }
 
     fn lens(&self, r: usize) -> (usize, usize) {
-        let row = &self.rows[r];
-        if row.flags & LONG == 0 {
-            return (row.name_len.into(), row.link_len.into());
-        }
-        let i = self
-            .long
-            .binary_search_by_key(&(r as u32), |l| l.0)
-            .expect("long row recorded");
-        (self.long[i].1 as usize, self.long[i].2 as usize)
+        row_lens(&self.long, r, &self.rows[r])
     }
 
     fn get(&self, r: usize) -> EntryRef<'_> {
@@ -185,7 +236,7 @@ impl<'a> EntryRef<'a> {
     }
 
     pub fn kind(&self) -> Kind {
-        code_kind(self.r().kind)
+        self.r().kind()
     }
     pub fn is_file(&self) -> bool {
         self.kind() == Kind::File
@@ -203,16 +254,10 @@ impl<'a> EntryRef<'a> {
         self.r().mode.into()
     }
     pub fn hash(&self) -> Option<Hash> {
-        let r = self.r();
-        (r.flags & HAS_HASH != 0).then_some(Hash(r.hash))
+        self.r().hash()
     }
     pub fn stat(&self) -> Option<StatId> {
-        let r = self.r();
-        (r.flags & HAS_STAT != 0).then_some(StatId {
-            dev: r.dev,
-            ino: r.ino,
-            ctime: r.ctime,
-        })
+        self.r().stat()
     }
 
     /// The last path component.
@@ -239,12 +284,7 @@ impl<'a> EntryRef<'a> {
 
     /// The path, appended to `buf`.
     pub fn write_path(&self, buf: &mut String) {
-        let dir = self.dir();
-        if !dir.is_root() {
-            buf.push_str(dir.as_str());
-            buf.push('/');
-        }
-        buf.push_str(self.name());
+        spell(self.dir(), self.name(), buf);
     }
 
     pub fn path(&self) -> RelPath {
@@ -382,16 +422,7 @@ impl ScanList {
 
     /// The index of `path`, if the scan has it.
     pub fn find(&self, path: &str) -> Option<usize> {
-        let (mut lo, mut hi) = (0, self.len);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match self.get(mid).cmp_path(path) {
-                Ordering::Less => lo = mid + 1,
-                Ordering::Greater => hi = mid,
-                Ordering::Equal => return Some(mid),
-            }
-        }
-        None
+        search(self.len, |i| self.get(i).cmp_path(path))
     }
 
     /// A reader in path order that keeps the current path spelled out (one buffer for all).
@@ -418,22 +449,10 @@ impl ScanList {
                 long,
             } = c;
             for (r, row) in rows.iter_mut().enumerate() {
-                let (n, _) = if row.flags & LONG == 0 {
-                    (row.name_len as usize, 0)
-                } else {
-                    let k = long
-                        .binary_search_by_key(&(r as u32), |l| l.0)
-                        .expect("long row recorded");
-                    (long[k].1 as usize, 0)
-                };
-                path.clear();
-                let dir = &dirs[row.dir as usize];
-                if !dir.is_root() {
-                    path.push_str(dir.as_str());
-                    path.push('/');
-                }
+                let (n, _) = row_lens(long, r, row);
                 let at = row.text as usize;
-                path.push_str(&text[at..at + n]);
+                path.clear();
+                spell(&dirs[row.dir as usize], &text[at..at + n], &mut path);
                 f(i, &path, &mut EntryMut { row });
                 i += 1;
             }
@@ -442,10 +461,7 @@ impl ScanList {
 
     pub fn set_hash(&mut self, i: usize, h: Option<Hash>) {
         let (c, r) = self.locate(i);
-        EntryMut {
-            row: &mut self.chunks[c].rows[r],
-        }
-        .set_hash(h);
+        self.chunks[c].rows[r].set_hash(h);
     }
 
     /// Replace a file's state (same path, still a file: a re-stat with its hash).
@@ -460,43 +476,29 @@ impl ScanList {
         row.mode = (e.mode & 0o7777) as u16;
         (row.dev, row.ino, row.ctime) = (st.dev, st.ino, st.ctime);
         row.flags = (row.flags & !HAS_STAT) | if e.stat.is_some() { HAS_STAT } else { 0 };
-        EntryMut { row }.set_hash(e.hash);
+        row.set_hash(e.hash);
     }
 
     /// Keep the entries for which `keep(index)` is true.
     pub fn retain_indices(&mut self, mut keep: impl FnMut(usize) -> bool) {
         let mut i = 0;
         for c in &mut self.chunks {
-            let mut r = 0;
-            let mut long = Vec::new();
+            // Long rows keep their lengths under their new row numbers.
+            let old_long = std::mem::take(&mut c.long);
+            let (mut r, mut kept) = (0, 0u32);
             c.rows.retain(|row| {
                 let k = keep(i);
-                if k && row.flags & LONG != 0 {
-                    let at = c
-                        .long
-                        .binary_search_by_key(&(r as u32), |l| l.0)
-                        .expect("long row recorded");
-                    long.push(c.long[at]);
+                if k {
+                    if row.flags & LONG != 0 {
+                        let (n, l) = row_lens(&old_long, r, row);
+                        c.long.push((kept, n as u32, l as u32));
+                    }
+                    kept += 1;
                 }
                 i += 1;
                 r += 1;
                 k
             });
-            // Long rows keep their lengths under their new row numbers.
-            if !long.is_empty() {
-                let mut n = 0u32;
-                let mut fixed = Vec::with_capacity(long.len());
-                for (row, l) in c.rows.iter().enumerate() {
-                    if l.flags & LONG != 0 {
-                        let (_, nl, ll) = long[n as usize];
-                        fixed.push((row as u32, nl, ll));
-                        n += 1;
-                    }
-                }
-                c.long = fixed;
-            } else {
-                c.long.clear();
-            }
         }
         let chunks = std::mem::take(&mut self.chunks);
         *self = ScanList::from_chunks(chunks);
@@ -527,7 +529,7 @@ pub struct EntryMut<'a> {
 
 impl EntryMut<'_> {
     pub fn kind(&self) -> Kind {
-        code_kind(self.row.kind)
+        self.row.kind()
     }
     pub fn size(&self) -> u64 {
         self.row.size
@@ -536,23 +538,13 @@ impl EntryMut<'_> {
         self.row.mtime
     }
     pub fn stat(&self) -> Option<StatId> {
-        (self.row.flags & HAS_STAT != 0).then_some(StatId {
-            dev: self.row.dev,
-            ino: self.row.ino,
-            ctime: self.row.ctime,
-        })
+        self.row.stat()
     }
     pub fn hash(&self) -> Option<Hash> {
-        (self.row.flags & HAS_HASH != 0).then_some(Hash(self.row.hash))
+        self.row.hash()
     }
     pub fn set_hash(&mut self, h: Option<Hash>) {
-        match h {
-            Some(h) => {
-                self.row.hash = h.0;
-                self.row.flags |= HAS_HASH;
-            }
-            None => self.row.flags &= !HAS_HASH,
-        }
+        self.row.set_hash(h);
     }
 }
 
