@@ -141,6 +141,11 @@ impl ScanChunk {
             Some(i) => (&s[..i], &s[i + 1..]),
             None => ("", s),
         };
+        self.push_child(dir, name, e);
+    }
+
+    /// [`Self::push`] of `dir/name` (`dir` a valid path, `name` one valid component).
+    pub(crate) fn push_child(&mut self, dir: &str, name: &str, e: &Entry) {
         if self.dirs.last().is_none_or(|d| d.as_str() != dir) {
             self.dirs.push(RelPath::trusted(dir.to_string()));
         }

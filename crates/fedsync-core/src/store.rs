@@ -200,7 +200,7 @@ fn encode_base(rows: &[(RelPath, Entry)]) -> Vec<u8> {
 /// small buffer and decoded by [`decode_entry`].
 #[cfg(test)]
 fn decode_base_from(r: impl std::io::Read) -> Option<Vec<(RelPath, Entry)>> {
-    let mut rows = BaseRows::new(r);
+    let mut rows = BaseRows::new(std::io::BufReader::new(r));
     let out: Vec<_> = rows.by_ref().collect();
     (!rows.corrupt).then_some(out)
 }
@@ -216,7 +216,7 @@ struct BaseRows<R> {
     rec: Vec<u8>,
 }
 
-impl<R: std::io::Read> BaseRows<R> {
+impl<R: std::io::BufRead> BaseRows<R> {
     fn new(r: R) -> BaseRows<R> {
         BaseRows {
             r,
@@ -238,6 +238,15 @@ impl<R: std::io::Read> BaseRows<R> {
             if &magic != b"FSB1" {
                 return Err(());
             }
+        }
+        // Most rows lie whole in the reader's buffer: decoded in place, with no copy.
+        let buf = r.fill_buf().map_err(|_| ())?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        if let Some((row, used)) = base_row_in(buf)? {
+            r.consume(used);
+            return Ok(Some(row));
         }
         let mut n = [0u8; 4];
         match r.read(&mut n[..1]) {
@@ -276,7 +285,40 @@ impl<R: std::io::Read> BaseRows<R> {
     }
 }
 
-impl<R: std::io::Read> Iterator for BaseRows<R> {
+/// One snapshot row at the start of `b` and the bytes it takes; `Ok(None)` when the row
+/// runs past the end of `b` (the caller reads on), `Err` when it is damaged.
+#[allow(clippy::type_complexity)]
+fn base_row_in(b: &[u8]) -> std::result::Result<Option<((RelPath, Entry), usize)>, ()> {
+    let word = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let Some(plen) = word(0) else {
+        return Ok(None);
+    };
+    let rec = 4 + plen;
+    // kind, size, mtime, mode, hash flag; the hash; the link length; the link.
+    let Some(&flag) = b.get(rec + 21) else {
+        return Ok(None);
+    };
+    let at = rec + 22 + if flag == 1 { 32 } else { 0 };
+    let Some(link) = word(at) else {
+        return Ok(None);
+    };
+    let end = at + 4 + link.saturating_sub(1);
+    if end > b.len() {
+        return Ok(None);
+    }
+    let path = std::str::from_utf8(&b[4..rec]).map_err(|_| ())?;
+    let path = RelPath::new(path).map_err(|_| ())?;
+    let mut r = &b[rec..end];
+    let e = decode_entry(&mut r).ok_or(())?;
+    if !r.is_empty() {
+        return Err(());
+    }
+    Ok(Some(((path, e), end)))
+}
+
+impl<R: std::io::BufRead> Iterator for BaseRows<R> {
     type Item = (RelPath, Entry);
     fn next(&mut self) -> Option<(RelPath, Entry)> {
         if self.done {

@@ -189,7 +189,7 @@ impl TreeWatch {
             return None;
         }
         let rel = RelPath::new(name).ok()?;
-        self.rules.should_descend(&rel).then_some(md.ino())
+        self.rules.should_descend(rel.as_str()).then_some(md.ino())
     }
 
     /// A top-level entry appeared, vanished, was renamed or replaced: keep the recursive

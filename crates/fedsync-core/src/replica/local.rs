@@ -547,17 +547,17 @@ impl LocalReplica {
                 vec![run]
             };
         }
-        let (own, subdirs) = self.list_dir(dir, rules, only, errors);
-        let mut subs: Vec<Option<Runs>> = subdirs
+        let ls = self.list_dir(dir, rules, only, errors);
+        let mut subs: Vec<Option<Runs>> = ls
+            .subdirs
             .par_iter()
             .map(|d| Some(self.walk(d, depth + 1, rules, only, errors)))
             .collect();
-        let order = sibling_order(&own, &subdirs);
         let mut runs = Vec::new();
         let mut run = ScanChunk::default();
-        for slot in order {
+        for slot in ls.order() {
             match slot {
-                Slot::Own(i) => run.push(&own[i].0, &own[i].1),
+                Slot::Own(i) => ls.push_own(dir, i, &mut run),
                 Slot::Sub(j) => {
                     let sub = subs[j].take().expect("each subdirectory once");
                     if sub.is_empty() {
@@ -585,12 +585,11 @@ impl LocalReplica {
         errors: &Mutex<Vec<(RelPath, String)>>,
         out: &mut ScanChunk,
     ) {
-        let (own, subdirs) = self.list_dir(dir, rules, only, errors);
-        let order = sibling_order(&own, &subdirs);
-        for slot in order {
+        let ls = self.list_dir(dir, rules, only, errors);
+        for slot in ls.order() {
             match slot {
-                Slot::Own(i) => out.push(&own[i].0, &own[i].1),
-                Slot::Sub(j) => self.walk_seq(&subdirs[j], rules, only, errors, out),
+                Slot::Own(i) => ls.push_own(dir, i, out),
+                Slot::Sub(j) => self.walk_seq(&ls.subdirs[j], rules, only, errors, out),
             }
         }
     }
@@ -603,7 +602,7 @@ impl LocalReplica {
         rules: &Rules,
         only: &[RelPath],
         errors: &Mutex<Vec<(RelPath, String)>>,
-    ) -> (Vec<(RelPath, Entry)>, Vec<RelPath>) {
+    ) -> Listing {
         use rustix::fs::{Mode, OFlags};
         let fail = |p: RelPath, m: String| errors.lock().expect("lock").push((p, m));
         // Below the root, a directory that became a symlink since its parent was listed
@@ -619,12 +618,18 @@ impl LocalReplica {
                     dir.clone(),
                     format!("cannot list directory: {}", io::Error::from(e)),
                 );
-                return (Vec::new(), Vec::new());
+                return Listing::default();
             }
         };
-        // Children kept, as (path, entry); subdirectories to descend into.
-        let mut own: Vec<(RelPath, Entry)> = Vec::new();
-        let mut subdirs: Vec<RelPath> = Vec::new();
+        let mut ls = Listing::default();
+        // Each child's path is spelled in one reused buffer, for the rules; only the
+        // subdirectories to descend into get a path of their own.
+        let mut full = String::with_capacity(dir.as_str().len() + 64);
+        full.push_str(dir.as_str());
+        if !dir.is_root() {
+            full.push('/');
+        }
+        let at = full.len();
         // Names straight from getdents64 into a reused buffer, stat relative to the open
         // directory: no allocation per name, no path walk per file.
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 32 * 1024];
@@ -637,7 +642,7 @@ impl LocalReplica {
                         dir.clone(),
                         format!("cannot list directory: {}", io::Error::from(e)),
                     );
-                    return (Vec::new(), Vec::new());
+                    return Listing::default();
                 }
             };
             let cname = de.file_name();
@@ -658,14 +663,19 @@ impl LocalReplica {
             if dir.is_root() && name == META_DIR {
                 continue;
             }
-            let Ok(rel) = dir.join(name) else {
+            // What `RelPath::join` refuses is not synced (a name with a backslash).
+            if name.contains('\\') || name == "." || name == ".." {
                 continue;
-            };
+            }
+            full.truncate(at);
+            full.push_str(name);
+            let rel = full.as_str();
+            let child = || RelPath::trusted(rel.to_string());
             let st = match stat_at(&fd, cname) {
                 Ok(st) => st,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    fail(rel, e.to_string());
+                    fail(child(), e.to_string());
                     continue;
                 }
             };
@@ -673,16 +683,17 @@ impl LocalReplica {
                 continue; // sockets, fifos, devices: not synced
             };
             let is_dir = kind == Kind::Dir;
-            if rules.is_excluded_in_walk(&rel, is_dir) {
-                if is_dir && rules.should_descend(&rel) {
-                    subdirs.push(rel);
+            if rules.is_excluded_in_walk(rel, is_dir) {
+                if is_dir && rules.should_descend(rel) {
+                    ls.subdirs.push(child());
                 }
                 continue;
             }
             if !only.is_empty()
-                && !only
-                    .iter()
-                    .any(|o| rel.starts_with(o) || o.starts_with(&rel))
+                && !only.iter().any(|o| {
+                    crate::path::str_starts_with(rel, o.as_str())
+                        || crate::path::str_starts_with(o.as_str(), rel)
+                })
             {
                 continue;
             }
@@ -693,7 +704,7 @@ impl LocalReplica {
                 match target {
                     Ok(l) => Some(l),
                     Err(e) => {
-                        fail(rel, e.to_string());
+                        fail(child(), e.to_string());
                         continue;
                     }
                 }
@@ -703,13 +714,14 @@ impl LocalReplica {
             let Some(entry) = st.entry(link) else {
                 continue;
             };
-            if is_dir && rules.should_descend(&rel) {
-                subdirs.push(rel.clone());
+            if is_dir && rules.should_descend(rel) {
+                ls.subdirs.push(child());
             }
-            own.push((rel, entry));
+            let start = ls.names.len() as u32;
+            ls.names.push_str(name);
+            ls.own.push((start, name.len() as u32, entry));
         }
-        own.shrink_to_fit();
-        (own, subdirs)
+        ls
     }
 }
 
@@ -909,26 +921,51 @@ enum Slot {
     Sub(usize),
 }
 
-/// Sibling order: an entry sorts by its name, a subdirectory's contents by `name/`. Names
-/// never hold '/', so each subtree is one contiguous block.
-fn sibling_order(own: &[(RelPath, Entry)], subdirs: &[RelPath]) -> Vec<Slot> {
-    let mut keyed: Vec<(&str, bool, Slot)> = own
-        .iter()
-        .enumerate()
-        .map(|(i, (p, _))| (p.file_name(), false, Slot::Own(i)))
-        .chain(
-            subdirs
+/// One directory as listed by the walk: the entries kept (their names in one buffer) and
+/// the subdirectories to descend into, both in the order the filesystem gave them.
+#[derive(Default)]
+struct Listing {
+    names: String,
+    own: Vec<(u32, u32, Entry)>,
+    subdirs: Vec<RelPath>,
+}
+
+impl Listing {
+    fn name(&self, i: usize) -> &str {
+        let (at, len, _) = self.own[i];
+        &self.names[at as usize..(at + len) as usize]
+    }
+
+    /// Append entry `i` (a child of `dir`) to a scan chunk.
+    fn push_own(&self, dir: &RelPath, i: usize, out: &mut ScanChunk) {
+        out.push_child(dir.as_str(), self.name(i), &self.own[i].2);
+    }
+
+    /// Sibling order: an entry sorts by its name, a subdirectory's contents by `name/`.
+    /// Names are distinct, so only where one is a prefix of the other does the `/` count.
+    fn order(&self) -> Vec<Slot> {
+        let mut keyed: Vec<(&[u8], bool, Slot)> =
+            Vec::with_capacity(self.own.len() + self.subdirs.len());
+        keyed.extend((0..self.own.len()).map(|i| (self.name(i).as_bytes(), false, Slot::Own(i))));
+        keyed.extend(
+            self.subdirs
                 .iter()
                 .enumerate()
-                .map(|(j, d)| (d.file_name(), true, Slot::Sub(j))),
-        )
-        .collect();
-    keyed.sort_unstable_by(|(nx, sx, _), (ny, sy, _)| {
-        nx.bytes()
-            .chain(sx.then_some(b'/'))
-            .cmp(ny.bytes().chain(sy.then_some(b'/')))
-    });
-    keyed.into_iter().map(|(_, _, s)| s).collect()
+                .map(|(j, d)| (d.file_name().as_bytes(), true, Slot::Sub(j))),
+        );
+        keyed.sort_unstable_by(|(x, xd, _), (y, yd, _)| sibling_cmp(x, *xd, y, *yd));
+        keyed.into_iter().map(|(_, _, s)| s).collect()
+    }
+}
+
+/// `x` (followed by `/` when `xd`) against `y` (likewise), byte-wise.
+fn sibling_cmp(x: &[u8], xd: bool, y: &[u8], yd: bool) -> std::cmp::Ordering {
+    let n = x.len().min(y.len());
+    x[..n].cmp(&y[..n]).then_with(|| {
+        let tx = x[n..].iter().copied().chain(xd.then_some(b'/'));
+        let ty = y[n..].iter().copied().chain(yd.then_some(b'/'));
+        tx.cmp(ty)
+    })
 }
 
 /// The source file at `path` under `src_root` when it is exactly the target's content (`len`
