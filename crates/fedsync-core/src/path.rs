@@ -50,6 +50,28 @@ fn is_clean(b: &[u8]) -> bool {
     true
 }
 
+/// Every check of [`RelPath::new`] on a non-empty path, one at a time, naming the first
+/// that fails: the slow path behind [`is_clean`], which must accept exactly what this does.
+fn check_each(s: &str) -> Result<(), PathError> {
+    if s.contains('\0') {
+        return Err(PathError::Nul(s.replace('\0', "\\0")));
+    }
+    if s.starts_with('/') {
+        return Err(PathError::Absolute(s.to_string()));
+    }
+    if s.contains('\\') {
+        return Err(PathError::Backslash(s.to_string()));
+    }
+    for comp in s.split('/') {
+        match comp {
+            ".." => return Err(PathError::DotDot(s.to_string())),
+            "" | "." => return Err(PathError::EmptyComponent(s.to_string())),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl RelPath {
     /// The replica root.
     pub fn root() -> RelPath {
@@ -75,22 +97,7 @@ impl RelPath {
         if s.is_empty() {
             return Ok(RelPath::root());
         }
-        if s.contains('\0') {
-            return Err(PathError::Nul(s.replace('\0', "\\0")));
-        }
-        if s.starts_with('/') {
-            return Err(PathError::Absolute(s.to_string()));
-        }
-        if s.contains('\\') {
-            return Err(PathError::Backslash(s.to_string()));
-        }
-        for comp in s.split('/') {
-            match comp {
-                ".." => return Err(PathError::DotDot(s.to_string())),
-                "" | "." => return Err(PathError::EmptyComponent(s.to_string())),
-                _ => {}
-            }
-        }
+        check_each(s)?;
         Ok(RelPath(s.to_string()))
     }
 
@@ -244,6 +251,37 @@ impl<'de> serde::Deserialize<'de> for RelPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass check and the check-by-check slow path accept exactly the same paths:
+    /// every string of up to 5 characters over the alphabet that matters.
+    #[test]
+    fn the_fast_path_check_accepts_exactly_what_the_full_checks_accept() {
+        let alphabet = ['a', '.', '/', '\\', '\0', 'é'];
+        let mut probes = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for p in &frontier {
+                for c in alphabet {
+                    let mut q = p.clone();
+                    q.push(c);
+                    next.push(q);
+                }
+            }
+            probes.extend(next.iter().cloned());
+            frontier = next;
+        }
+        assert!(probes.len() > 9000);
+        let mut accepted = 0;
+        for p in probes.iter().filter(|p| !p.is_empty()) {
+            let fast = is_clean(p.as_bytes());
+            assert_eq!(fast, check_each(p).is_ok(), "{p:?}");
+            assert_eq!(fast, RelPath::new(p).is_ok(), "{p:?}");
+            accepted += fast as usize;
+        }
+        // Of 9,330 probes, 577 are clean paths ("a./é", "..a/a", ...).
+        assert_eq!(accepted, 577, "the probes must include accepted paths too");
+    }
 
     #[test]
     fn hostile_paths_are_refused() {

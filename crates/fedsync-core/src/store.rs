@@ -1394,6 +1394,41 @@ mod tests {
             assert_eq!(p, q);
             assert_eq!(format!("{e:?}"), format!("{f:?}"));
         }
+        // Rows decoded in place from the read buffer (the fast path), and a mix of both
+        // paths where many rows straddle the buffer's end.
+        let many: Vec<(RelPath, Entry)> = (0..3000)
+            .map(|i| {
+                let (p, e) = &rows[i % rows.len()];
+                (
+                    RelPath::new(&format!("{}-{i:05}", p.as_str())).unwrap(),
+                    e.clone(),
+                )
+            })
+            .collect();
+        let blob = encode_base(&many);
+        let whole = decode_base_from(&blob[..]).expect("decodes in place");
+        // 97 bytes per read: most rows fit in the buffer, some straddle its end.
+        struct Chunky<'a>(&'a [u8]);
+        impl std::io::Read for Chunky<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(97).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mixed = decode_base_from(Chunky(&blob)).expect("decodes in 97-byte reads");
+        assert_eq!(whole.len(), many.len());
+        for (((p, e), (q, f)), (r, g)) in many.iter().zip(&whole).zip(&mixed) {
+            assert_eq!(p, q);
+            assert_eq!(p, r);
+            assert_eq!(format!("{e:?}"), format!("{f:?}"));
+            assert_eq!(format!("{e:?}"), format!("{g:?}"));
+        }
+        assert!(
+            decode_base_from(&blob[..blob.len() - 7]).is_none(),
+            "truncated mid-row"
+        );
         assert!(
             decode_base_from(&blob[..blob.len() - 1]).is_none(),
             "truncated"
