@@ -927,6 +927,10 @@ pub struct Merge<'a, B: Iterator<Item = (RelPath, Entry)>> {
     sides: [crate::scanlist::Cursor<'a>; 2],
     errs: [HashMap<&'a str, &'a str>; 2],
     any_errors: bool,
+    /// The paths with an error, both sides', in path order: each is an input even where
+    /// neither the base nor a scan has it (a name the walk could not carry), so that it
+    /// is reported.
+    err_paths: Vec<&'a str>,
     names: [&'a str; 2],
     only: &'a [RelPath],
     /// The current path.
@@ -946,10 +950,15 @@ pub fn build_inputs<'a, B: Iterator<Item = (RelPath, Entry)>>(
             .map(|(p, m)| (p.as_str(), m.as_str()))
             .collect::<HashMap<_, _>>()
     });
+    let mut err_paths: Vec<&str> = errs.iter().flat_map(|e| e.keys().copied()).collect();
+    err_paths.sort_unstable();
+    err_paths.dedup();
+    err_paths.reverse(); // popped from the end, smallest first
     Merge {
         base: base.peekable(),
         sides: [a.cursor(), b.cursor()],
         any_errors: errs.iter().any(|e| !e.is_empty()),
+        err_paths,
         errs,
         names,
         only,
@@ -966,6 +975,10 @@ impl<'a, B: Iterator<Item = (RelPath, Entry)>> reconcile::Inputs<'a> for Merge<'
                 (Some((x, _)), Some((y, _))) => Some(if y < x { y } else { x }),
                 (Some((x, _)), None) | (None, Some((x, _))) => Some(x),
                 (None, None) => None,
+            };
+            let side_min = match (side_min, self.err_paths.last().copied()) {
+                (Some(x), Some(q)) => Some(if q < x { q } else { x }),
+                (x, q) => x.or(q),
             };
             let base_first = match (self.base.peek(), side_min) {
                 (None, None) => return None,
@@ -997,6 +1010,9 @@ impl<'a, B: Iterator<Item = (RelPath, Entry)>> reconcile::Inputs<'a> for Merge<'
             };
             let (ea, eb) = (take(0), take(1));
             let path = self.path.as_str();
+            while self.err_paths.last().is_some_and(|q| *q <= path) {
+                self.err_paths.pop();
+            }
             if !self.only.is_empty()
                 && !self
                     .only

@@ -254,3 +254,74 @@ fn run_as_nobody(fx: &Fx, args: &[&str]) -> Option<Out> {
         args: args.iter().map(|s| s.to_string()).collect(),
     })
 }
+
+/// Write `data` at `root/dir/NAME`, where NAME is raw bytes (not necessarily UTF-8).
+fn write_raw_name(root: &std::path::Path, dir: &str, name: &[u8], data: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    let d = root.join(dir);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join(std::ffi::OsStr::from_bytes(name)), data).unwrap();
+}
+
+#[test]
+fn names_fedsync_cannot_carry_are_reported_one_by_one_and_the_rest_syncs() {
+    let fx = Fx::new();
+    fx.write(&fx.a, "ok.txt", "ok\n");
+    fx.write(&fx.a, "sub/s.txt", "s\n");
+    fx.write(&fx.b, "from-b.txt", "b\n");
+    // Not UTF-8, at the root and below it; a backslash; a directory that is not UTF-8.
+    write_raw_name(&fx.a, "", b"bad\xff.txt", "root\n");
+    write_raw_name(&fx.a, "sub", b"bad\xfe.txt", "sub\n");
+    write_raw_name(&fx.a, "", b"back\\slash.txt", "backslash\n");
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let d = fx.a.join(std::ffi::OsStr::from_bytes(b"dir\xff"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("inside.txt"), "inside\n").unwrap();
+    }
+    let before = tree_snapshot(&fx.a);
+
+    let first = fx.sync(&[]);
+    first.code(1);
+    let all = first.all();
+    for shown in [
+        r"bad\xff.txt",
+        r"bad\xfe.txt",
+        r"back\\slash.txt",
+        r"dir\xff",
+    ] {
+        assert!(all.contains(shown), "{shown} not reported: {first:?}");
+    }
+    assert!(!all.contains("cannot read the root"), "{first:?}");
+    // Everything else crossed, both ways, siblings of the bad names included.
+    assert_eq!(read(&fx.b, "ok.txt"), "ok\n");
+    assert_eq!(read(&fx.b, "sub/s.txt"), "s\n");
+    assert_eq!(read(&fx.a, "from-b.txt"), "b\n");
+    assert_eq!(list(&fx.b, "sub"), vec!["s.txt".to_string()]);
+    assert_eq!(list(&fx.b, ""), vec!["from-b.txt", "ok.txt", "sub"]);
+
+    // The second run reports them again (exit 1), changes nothing and deletes nothing.
+    let report = fx.sync_json(1, &[]);
+    let skipped: Vec<String> = items(&report)
+        .iter()
+        .filter(|i| i["action"] == "skip")
+        .map(|i| i["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![
+            "back\u{FFFD}slash.txt",
+            "bad\u{FFFD}.txt",
+            "dir\u{FFFD}",
+            "sub/bad\u{FFFD}.txt"
+        ],
+        "{report:#}"
+    );
+    // All of a as it was but for what came from b (and the root's mtime, which that moved).
+    let mut after = tree_snapshot(&fx.a);
+    after.retain(|k, _| k != "from-b.txt");
+    let mut before = before;
+    before.remove("");
+    after.remove("");
+    assert_eq!(before, after, "the bad names on a were touched");
+}

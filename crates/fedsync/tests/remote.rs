@@ -1093,3 +1093,27 @@ fn a_large_log_on_the_ssh_side_that_only_grew_further_is_fast_forwarded() {
     let (_, received) = wire(&out);
     assert!(received < 1 << 20, "received {received}: {out:?}");
 }
+
+#[test]
+fn a_name_the_remote_side_cannot_carry_is_reported_and_the_rest_syncs() {
+    use std::os::unix::ffi::OsStrExt;
+    let r = Remote::new();
+    let fx = &r.fx;
+    fx.write(&fx.a, "mine.txt", "mine\n");
+    fx.write(&fx.b, "docs/theirs.txt", "theirs\n");
+    let bad =
+        fx.b.join("docs")
+            .join(std::ffi::OsStr::from_bytes(b"bad\xff.txt"));
+    std::fs::write(&bad, "not utf-8\n").unwrap();
+    fx.write(&fx.b, "back\\slash.txt", "backslash\n");
+    let out = r.sync(&[]);
+    // Not a hostile path: the agent's report of a bad name is an ordinary skipped item.
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(!out.all().contains("refused"), "{out:?}");
+    assert!(out.all().contains(r"bad\xff.txt"), "{out:?}");
+    assert!(out.all().contains(r"back\\slash.txt"), "{out:?}");
+    assert_eq!(read(&fx.a, "docs/theirs.txt"), "theirs\n");
+    assert_eq!(read(&fx.b, "mine.txt"), "mine\n");
+    assert_eq!(list(&fx.a, "docs"), vec!["theirs.txt"]);
+    assert_eq!(std::fs::read_to_string(&bad).unwrap(), "not utf-8\n");
+}

@@ -650,25 +650,31 @@ impl LocalReplica {
             if bytes == b"." || bytes == b".." {
                 continue;
             }
-            let Ok(name) = std::str::from_utf8(bytes) else {
-                fail(
-                    dir.clone(),
-                    format!(
-                        "a name in this directory is not valid UTF-8 ({:?}); it is not synced",
-                        String::from_utf8_lossy(bytes)
-                    ),
-                );
-                continue;
+            // A name fedsync cannot carry (not UTF-8, or with a backslash, which
+            // `RelPath` refuses) is reported on a path of its own, spelled with U+FFFD in
+            // place of what cannot be spelled, so that only it is skipped: its siblings
+            // still sync, and an ssh client accepts the path.
+            let (name, unsyncable) = match std::str::from_utf8(bytes) {
+                Ok(n) if !n.contains('\\') => (std::borrow::Cow::Borrowed(n), None),
+                Ok(n) => (
+                    n.replace('\\', "\u{FFFD}").into(),
+                    Some(format!("the name {n:?} has a backslash")),
+                ),
+                Err(_) => (
+                    String::from_utf8_lossy(bytes)
+                        .replace('\\', "\u{FFFD}")
+                        .into(),
+                    Some(format!(
+                        "the name \"{}\" is not valid UTF-8",
+                        bytes.escape_ascii()
+                    )),
+                ),
             };
             if dir.is_root() && name == META_DIR {
                 continue;
             }
-            // What `RelPath::join` refuses is not synced (a name with a backslash).
-            if name.contains('\\') || name == "." || name == ".." {
-                continue;
-            }
             full.truncate(at);
-            full.push_str(name);
+            full.push_str(&name);
             let rel = full.as_str();
             let child = || RelPath::trusted(rel.to_string());
             let st = match stat_at(&fd, cname) {
@@ -683,9 +689,20 @@ impl LocalReplica {
                 continue; // sockets, fifos, devices: not synced
             };
             let is_dir = kind == Kind::Dir;
+            let refuse = |why: &str| {
+                let more = if is_dir { " (nor anything in it)" } else { "" };
+                fail(
+                    child(),
+                    format!("{why}, which fedsync cannot carry: not synced{more}"),
+                );
+            };
             if rules.is_excluded_in_walk(rel, is_dir) {
                 if is_dir && rules.should_descend(rel) {
-                    ls.subdirs.push(child());
+                    match &unsyncable {
+                        // What a rule takes back inside it cannot be reached either.
+                        Some(why) => refuse(why),
+                        None => ls.subdirs.push(child()),
+                    }
                 }
                 continue;
             }
@@ -695,6 +712,10 @@ impl LocalReplica {
                         || crate::path::str_starts_with(o.as_str(), rel)
                 })
             {
+                continue;
+            }
+            if let Some(why) = &unsyncable {
+                refuse(why);
                 continue;
             }
             let link = if kind == Kind::Symlink {
@@ -718,7 +739,7 @@ impl LocalReplica {
                 ls.subdirs.push(child());
             }
             let start = ls.names.len() as u32;
-            ls.names.push_str(name);
+            ls.names.push_str(&name);
             ls.own.push((start, name.len() as u32, entry));
         }
         ls
