@@ -976,11 +976,12 @@ impl<'a, B: Iterator<Item = (RelPath, Entry)>> reconcile::Inputs<'a> for Merge<'
                 (Some((x, _)), None) | (None, Some((x, _))) => Some(x),
                 (None, None) => None,
             };
-            let side_min = match (side_min, self.err_paths.last().copied()) {
+            // ... or of the error paths, which may be in neither scan.
+            let other_min = match (side_min, self.err_paths.last().copied()) {
                 (Some(x), Some(q)) => Some(if q < x { q } else { x }),
                 (x, q) => x.or(q),
             };
-            let base_first = match (self.base.peek(), side_min) {
+            let base_first = match (self.base.peek(), other_min) {
                 (None, None) => return None,
                 (Some((bp, _)), Some(x)) => bp.as_str() < x,
                 (Some(_), None) => true,
@@ -992,7 +993,7 @@ impl<'a, B: Iterator<Item = (RelPath, Entry)>> reconcile::Inputs<'a> for Merge<'
                 self.path.push_str(p.as_str());
                 Some(e)
             } else {
-                let x = side_min.expect("a side has it");
+                let x = other_min.expect("a side or an error has it");
                 self.path.push_str(x);
                 if self.base.peek().is_some_and(|(bp, _)| bp.as_str() == x) {
                     self.base.next().map(|(_, e)| e)

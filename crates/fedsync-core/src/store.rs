@@ -196,8 +196,7 @@ fn encode_base(rows: &[(RelPath, Entry)]) -> Vec<u8> {
     encode_rows(b"FSB1", rows, encode_entry)
 }
 
-/// A base snapshot (see [`encode_base`]) read from a stream: each row is gathered into a
-/// small buffer and decoded by [`decode_entry`].
+/// A base snapshot (see [`encode_base`]) read from a stream, through [`BaseRows`].
 #[cfg(test)]
 fn decode_base_from(r: impl std::io::Read) -> Option<Vec<(RelPath, Entry)>> {
     let mut rows = BaseRows::new(std::io::BufReader::new(r));
@@ -212,7 +211,7 @@ struct BaseRows<R> {
     started: bool,
     done: bool,
     corrupt: bool,
-    path: Vec<u8>,
+    /// A row that straddles the reader's buffer, gathered.
     rec: Vec<u8>,
 }
 
@@ -223,7 +222,6 @@ impl<R: std::io::BufRead> BaseRows<R> {
             started: false,
             done: false,
             corrupt: false,
-            path: Vec::new(),
             rec: Vec::with_capacity(128),
         }
     }
@@ -248,40 +246,23 @@ impl<R: std::io::BufRead> BaseRows<R> {
             r.consume(used);
             return Ok(Some(row));
         }
-        let mut n = [0u8; 4];
-        match r.read(&mut n[..1]) {
-            Ok(0) => return Ok(None),
-            Ok(_) => r.read_exact(&mut n[1..]).map_err(|_| ())?,
-            Err(_) => return Err(()),
-        }
-        self.path.resize(u32::from_le_bytes(n) as usize, 0);
-        r.read_exact(&mut self.path).map_err(|_| ())?;
-        let path = std::str::from_utf8(&self.path).map_err(|_| ())?;
-        let path = RelPath::new(path).map_err(|_| ())?;
-        // kind, size, mtime, mode, hash flag; the hash; the link length; the link.
+        // The row runs past the buffer's end: gather it, a buffer at a time, and decode it
+        // the same way.
         let rec = &mut self.rec;
         rec.clear();
-        rec.resize(22, 0);
-        r.read_exact(rec).map_err(|_| ())?;
-        if rec[21] == 1 {
-            rec.resize(22 + 32, 0);
-            r.read_exact(&mut rec[22..]).map_err(|_| ())?;
+        loop {
+            let buf = r.fill_buf().map_err(|_| ())?;
+            if buf.is_empty() {
+                return Err(()); // ends mid-row
+            }
+            let (before, n) = (rec.len(), buf.len());
+            rec.extend_from_slice(buf);
+            if let Some((row, used)) = base_row_in(rec)? {
+                r.consume(used - before);
+                return Ok(Some(row));
+            }
+            r.consume(n);
         }
-        let at = rec.len();
-        rec.resize(at + 4, 0);
-        r.read_exact(&mut rec[at..]).map_err(|_| ())?;
-        let link = u32::from_le_bytes(rec[at..].try_into().map_err(|_| ())?) as usize;
-        if link > 0 {
-            let at = rec.len();
-            rec.resize(at + link - 1, 0);
-            r.read_exact(&mut rec[at..]).map_err(|_| ())?;
-        }
-        let mut b = rec.as_slice();
-        let e = decode_entry(&mut b).ok_or(())?;
-        if !b.is_empty() {
-            return Err(());
-        }
-        Ok(Some((path, e)))
     }
 }
 
@@ -1378,17 +1359,17 @@ mod tests {
             ),
         ];
         let blob = encode_base(&rows);
-        // Read through a reader that hands out 3 bytes at a time.
-        struct Slow<'a>(&'a [u8]);
-        impl std::io::Read for Slow<'_> {
+        // Read through a reader that hands out `.1` bytes at a time.
+        struct Chunked<'a>(&'a [u8], usize);
+        impl std::io::Read for Chunked<'_> {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = buf.len().min(3).min(self.0.len());
+                let n = buf.len().min(self.1).min(self.0.len());
                 buf[..n].copy_from_slice(&self.0[..n]);
                 self.0 = &self.0[n..];
                 Ok(n)
             }
         }
-        let back = decode_base_from(Slow(&blob)).expect("decodes");
+        let back = decode_base_from(Chunked(&blob, 3)).expect("decodes");
         assert_eq!(back.len(), rows.len());
         for ((p, e), (q, f)) in rows.iter().zip(&back) {
             assert_eq!(p, q);
@@ -1408,16 +1389,7 @@ mod tests {
         let blob = encode_base(&many);
         let whole = decode_base_from(&blob[..]).expect("decodes in place");
         // 97 bytes per read: most rows fit in the buffer, some straddle its end.
-        struct Chunky<'a>(&'a [u8]);
-        impl std::io::Read for Chunky<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = buf.len().min(97).min(self.0.len());
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
-        let mixed = decode_base_from(Chunky(&blob)).expect("decodes in 97-byte reads");
+        let mixed = decode_base_from(Chunked(&blob, 97)).expect("decodes in 97-byte reads");
         assert_eq!(whole.len(), many.len());
         for (((p, e), (q, f)), (r, g)) in many.iter().zip(&whole).zip(&mixed) {
             assert_eq!(p, q);

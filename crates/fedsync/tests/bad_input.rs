@@ -255,12 +255,13 @@ fn run_as_nobody(fx: &Fx, args: &[&str]) -> Option<Out> {
     })
 }
 
-/// Write `data` at `root/dir/NAME`, where NAME is raw bytes (not necessarily UTF-8).
-fn write_raw_name(root: &std::path::Path, dir: &str, name: &[u8], data: &str) {
+/// Write `data` at `root/REL`, where REL is raw bytes (not necessarily UTF-8), with its
+/// parent directories.
+fn write_raw(root: &std::path::Path, rel: &[u8], data: &str) {
     use std::os::unix::ffi::OsStrExt;
-    let d = root.join(dir);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join(std::ffi::OsStr::from_bytes(name)), data).unwrap();
+    let p = root.join(std::ffi::OsStr::from_bytes(rel));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
 }
 
 #[test]
@@ -270,15 +271,10 @@ fn names_fedsync_cannot_carry_are_reported_one_by_one_and_the_rest_syncs() {
     fx.write(&fx.a, "sub/s.txt", "s\n");
     fx.write(&fx.b, "from-b.txt", "b\n");
     // Not UTF-8, at the root and below it; a backslash; a directory that is not UTF-8.
-    write_raw_name(&fx.a, "", b"bad\xff.txt", "root\n");
-    write_raw_name(&fx.a, "sub", b"bad\xfe.txt", "sub\n");
-    write_raw_name(&fx.a, "", b"back\\slash.txt", "backslash\n");
-    {
-        use std::os::unix::ffi::OsStrExt;
-        let d = fx.a.join(std::ffi::OsStr::from_bytes(b"dir\xff"));
-        std::fs::create_dir(&d).unwrap();
-        std::fs::write(d.join("inside.txt"), "inside\n").unwrap();
-    }
+    write_raw(&fx.a, b"bad\xff.txt", "root\n");
+    write_raw(&fx.a, b"sub/bad\xfe.txt", "sub\n");
+    write_raw(&fx.a, b"back\\slash.txt", "backslash\n");
+    write_raw(&fx.a, b"dir\xff/inside.txt", "inside\n");
     let before = tree_snapshot(&fx.a);
 
     let first = fx.sync(&[]);
